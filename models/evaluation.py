@@ -1,0 +1,109 @@
+"""Evaluator (TFMA) configuration: mean per-image losses, no label needed, and the blessing rule.
+
+TFMA's standard and Keras metrics need a label, `MeanPrediction` returns 0.0 without one, and
+`tfma.metrics.Mean` leaves the model name out of its key, so candidate and baseline collide and
+no change threshold can be checked. `MeanOutput` below is the small metric that does what we need.
+"""
+import json
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis import constants
+from tensorflow_model_analysis.metrics import metric_types
+from tensorflow_model_analysis.metrics import metric_util
+
+from vae_pipeline.models import features
+
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+
+
+class MeanOutput(metric_types.Metric):
+  """The mean over examples of one scalar-per-example output of the serving signature."""
+
+  def __init__(self, prediction_key: str = features.LOSS, name: Optional[str] = None):
+    # The keyword arguments round-trip through MetricConfig.config (JSON).
+    super().__init__(metric_util.merge_per_key_computations(_mean_output_computations),
+                     prediction_key=prediction_key, name=name or prediction_key)
+
+
+def _mean_output_computations(prediction_key, name, model_name="", output_name="",
+                              example_weighted=False):
+  # Called once per model: a model name in the key is what lets TFMA compute the
+  # candidate - baseline difference that change thresholds compare.
+  key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                               example_weighted=example_weighted)
+  # Ask for predictions only: the default preprocessor also demands labels.
+  preprocessor = metric_types.StandardMetricInputsPreprocessor(
+      include_filter={constants.PREDICTIONS_KEY: {}}, include_default_inputs=False)
+  return [metric_types.MetricComputation(
+      keys=[key], preprocessors=[preprocessor],
+      combiner=_MeanCombiner(key, prediction_key))]
+
+
+class _MeanCombiner(beam.CombineFn):
+  """Accumulates [sum, count] in float64; extracts arrive one example at a time."""
+
+  def __init__(self, key, prediction_key):
+    self._key = key
+    self._prediction_key = prediction_key
+
+  def create_accumulator(self):
+    return np.zeros(2, dtype=np.float64)
+
+  def add_input(self, accumulator, element):
+    predictions = element.get_predictions(self._key.model_name, self._key.output_name)
+    if not isinstance(predictions, dict) or self._prediction_key not in predictions:
+      available = list(predictions) if isinstance(predictions, dict) else type(predictions)
+      raise ValueError(f"model {self._key.model_name!r} has no output "
+                       f"{self._prediction_key!r}; it has {available}")
+    value = np.asarray(predictions[self._prediction_key], dtype=np.float64)
+    if value.size != 1:
+      raise ValueError(f"output {self._prediction_key!r} must be one number per example, "
+                       f"got shape {value.shape}")
+    accumulator[0] += value.item()
+    accumulator[1] += 1.0
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    return np.sum(list(accumulators), axis=0)
+
+  def extract_output(self, accumulator):
+    total, count = accumulator
+    return {self._key: float(total / count) if count else float("nan")}
+
+
+def eval_config(loss_upper_bound: float, max_loss_increase: float) -> tfma.EvalConfig:
+  """Means of the per-image losses; bless when `loss` <= the bound and <= baseline + margin.
+
+  The TFX Evaluator drops the change threshold when there is no blessed model yet.
+  """
+
+  def model_spec(name, is_baseline=False):
+    # TF_GENERIC: load as a plain SavedModel (not as a Keras model with label-based metrics).
+    return tfma.ModelSpec(name=name, signature_name=features.SERVING_SIGNATURE,
+                          model_type=tfma.TF_GENERIC, is_baseline=is_baseline)
+
+  loss_threshold = tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(upper_bound={"value": loss_upper_bound}),
+      change_threshold=tfma.GenericChangeThreshold(
+          direction=tfma.MetricDirection.LOWER_IS_BETTER,
+          absolute={"value": max_loss_increase}))
+
+  def mean_of(output, threshold=None):
+    return tfma.MetricConfig(
+        class_name=MeanOutput.__name__, module=__name__,
+        config=json.dumps({"prediction_key": output, "name": output}), threshold=threshold)
+
+  return tfma.EvalConfig(
+      model_specs=[model_spec(CANDIDATE), model_spec(BASELINE, is_baseline=True)],
+      slicing_specs=[tfma.SlicingSpec()],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name="ExampleCount"),
+          mean_of(features.RECONSTRUCTION_LOSS),
+          mean_of(features.KL_LOSS),
+          mean_of(features.LOSS, loss_threshold),
+      ])],
+      options=tfma.Options(include_default_metrics={"value": False}))

@@ -1,0 +1,54 @@
+"""The SavedModel's signatures: raw tf.Examples in, deterministic outputs (z = mean) out.
+
+The Transform graph is applied inside, so a client needs nothing but TensorFlow.
+"""
+import tensorflow as tf
+
+from vae_pipeline.models import features
+from vae_pipeline.models import vae as vae_lib
+
+
+class VaeServing(tf.Module):
+  """What the Pusher ships; `tf.saved_model.load` gives back these tf.functions."""
+
+  def __init__(self, model, tft_output, latent_dim):
+    super().__init__()
+    self.encoder = model.encoder
+    self.decoder = model.decoder
+    self.tft_layer = tft_output.transform_features_layer()
+    raw_spec = tft_output.raw_feature_spec()
+    # Only the image is read: examples with or without a label are both accepted.
+    self._raw_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
+    self.serve = tf.function(
+        self._serve,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    self.decode = tf.function(
+        self._decode,
+        input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name=features.LATENT_INPUT)])
+
+  def _serve(self, examples):
+    raw = tf.io.parse_example(examples, self._raw_spec)
+    images = self.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
+    mean, log_var = self.encoder(images, training=False)
+    reconstruction = self.decoder(mean, training=False)
+    rec = vae_lib.reconstruction_loss(images, reconstruction)
+    kl = vae_lib.kl_loss(mean, log_var)
+    return {
+        features.RECONSTRUCTION: reconstruction,
+        features.Z_MEAN: mean,
+        features.Z_LOG_VAR: log_var,
+        features.RECONSTRUCTION_LOSS: rec,
+        features.KL_LOSS: kl,
+        features.LOSS: rec + kl,
+    }
+
+  def _decode(self, z):
+    return {features.IMAGES: self.decoder(z, training=False)}
+
+
+def export_serving_model(model, tft_output, latent_dim, export_dir):
+  module = VaeServing(model, tft_output, latent_dim)
+  tf.saved_model.save(module, export_dir, signatures={
+      features.SERVING_SIGNATURE: module.serve,
+      features.DECODE_SIGNATURE: module.decode,
+  })

@@ -1,0 +1,27 @@
+"""Names shared by the data, the Transform graph, the model and its signatures.
+
+One source of truth: every other module imports these instead of spelling the strings.
+"""
+
+# Raw tf.Example features (what ExampleGen writes and what the serving signature reads).
+IMAGE_KEY = "image"  # PNG-encoded uint8 bytes, H x W x C.
+LABEL_KEY = "label"  # int64 class id; optional, never needed for training.
+
+# Transformed feature (what the Trainer reads): float32 [H, W, C] in [0, 1].
+TRANSFORMED_IMAGE_KEY = "image"
+
+# Serving signatures and their tensors.
+SERVING_SIGNATURE = "serving_default"
+DECODE_SIGNATURE = "decode"
+EXAMPLES_INPUT = "examples"
+LATENT_INPUT = "z"
+RECONSTRUCTION = "reconstruction"
+Z_MEAN = "z_mean"
+Z_LOG_VAR = "z_log_var"
+RECONSTRUCTION_LOSS = "reconstruction_loss"
+KL_LOSS = "kl_loss"
+LOSS = "loss"
+IMAGES = "images"
+
+# The per-image losses the Evaluator averages over the eval split (nats per image).
+LOSS_OUTPUTS = (RECONSTRUCTION_LOSS, KL_LOSS, LOSS)

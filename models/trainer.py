@@ -1,0 +1,90 @@
+"""The Trainer component's entry point: `run_fn`, named by dotted path in the pipeline."""
+import json
+import math
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from vae_pipeline.models import export
+from vae_pipeline.models import features
+from vae_pipeline.models import vae as vae_lib
+
+# Batches used to re-estimate BatchNorm statistics after training (see recalibrate_batchnorm).
+RECALIBRATION_BATCHES = 64
+RECALIBRATION_BATCH_SIZE = 256
+
+
+def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=None):
+  """Transformed examples -> batches of float32 [B, H, W, C], parsed once and cached in memory."""
+  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"no transformed examples found at {file_patterns}")
+  spec = {features.TRANSFORMED_IMAGE_KEY:
+          tft_output.transformed_feature_spec()[features.TRANSFORMED_IMAGE_KEY]}
+  dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+             .batch(1024)
+             .map(lambda s: tf.io.parse_example(s, spec)[features.TRANSFORMED_IMAGE_KEY],
+                  num_parallel_calls=tf.data.AUTOTUNE)
+             .unbatch()
+             .cache())
+  if shuffle:
+    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+  return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def recalibrate_batchnorm(model, images, max_batches=RECALIBRATION_BATCHES):
+  """Sets every BatchNorm's moving statistics to the average over `images` on the serving path.
+
+  With momentum 0.99 and a few hundred steps, the moving averages still remember the first,
+  untrained batches, so inference-mode losses come out far worse than training-mode ones and
+  vary from run to run. Re-estimating them after training (a cumulative average, on the
+  deterministic z = mean path the signatures use) makes evaluation match what was learned.
+  """
+  layers = [layer for part in (model.encoder, model.decoder) for layer in part.layers
+            if isinstance(layer, keras.layers.BatchNormalization)]
+  momenta = [layer.momentum for layer in layers]
+  for step, batch in enumerate(images.take(max_batches)):
+    for layer in layers:
+      layer.momentum = step / (step + 1.0)  # new average = old * k/(k+1) + batch / (k+1)
+    mean, _ = model.encoder(batch, training=True)
+    model.decoder(mean, training=True)
+  for layer, momentum in zip(layers, momenta):
+    layer.momentum = momentum
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+  """Fails the Trainer (so nothing is exported or blessed) as soon as the loss is NaN or inf."""
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+      raise RuntimeError(
+          f"training diverged: the loss became {float(loss)} at batch {batch}; "
+          "try a lower --learning-rate")
+
+
+def run_fn(fn_args):
+  """Trains the VAE on the transformed train split and exports the serving SavedModel."""
+  config = fn_args.custom_config
+  image_shape = tuple(config["image_shape"])
+  keras.utils.set_random_seed(config["seed"])
+  tft_output = tft.TFTransformOutput(fn_args.transform_output)
+
+  train = image_dataset(fn_args.train_files, tft_output, config["batch_size"], shuffle=True,
+                        seed=config["seed"])
+  evaluation = image_dataset(fn_args.eval_files, tft_output, config["batch_size"])
+
+  model = vae_lib.VAE(image_shape, config["latent_dim"], beta=config["beta"])
+  model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+  history = model.fit(
+      train, validation_data=evaluation, epochs=config["epochs"], verbose=2,
+      callbacks=[StopOnNonFiniteLoss(),
+                 keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)])
+
+  recalibrate_batchnorm(model, image_dataset(fn_args.train_files, tft_output,
+                                             RECALIBRATION_BATCH_SIZE))
+  export.export_serving_model(model, tft_output, config["latent_dim"], fn_args.serving_model_dir)
+  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
+    json.dump({k: [float(v) for v in vs] for k, vs in history.history.items()}, f)

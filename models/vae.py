@@ -1,0 +1,119 @@
+"""The convolutional VAE, after the course lab: Sampling, encoder, decoder, losses, model.
+
+Everything is `tf_keras` (Keras 2): the Transform graph is a tf_keras model and both must live
+in one SavedModel.
+"""
+import tensorflow as tf
+import tf_keras as keras
+
+# The encoder halves height and width twice; the decoder doubles them back.
+DOWNSAMPLING = 4
+
+
+class Sampling(keras.layers.Layer):
+  """Draws z = mean + exp(0.5 * log_var) * epsilon with epsilon ~ N(0, I)."""
+
+  def call(self, inputs):
+    mean, log_var = inputs
+    batch, dim = tf.shape(mean)[0], tf.shape(mean)[1]
+    epsilon = tf.random.normal(shape=(batch, dim))
+    return mean + tf.exp(0.5 * log_var) * epsilon
+
+
+def check_image_shape(image_shape):
+  height, width, channels = image_shape
+  if height % DOWNSAMPLING or width % DOWNSAMPLING:
+    raise ValueError(f"image height and width must be multiples of {DOWNSAMPLING} for this "
+                     f"architecture, got {height}x{width}")
+  if channels not in (1, 3):
+    raise ValueError(f"images must have 1 or 3 channels, got {channels}")
+
+
+def build_encoder(image_shape, latent_dim):
+  """Image -> (mean, log_var) of the approximate posterior q(z | x)."""
+  images = keras.Input(shape=image_shape, name="images")
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(images)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Flatten()(x)
+  x = keras.layers.Dense(20, activation="relu")(x)
+  x = keras.layers.BatchNormalization()(x)
+  mean = keras.layers.Dense(latent_dim, name="z_mean")(x)
+  log_var = keras.layers.Dense(latent_dim, name="z_log_var")(x)
+  return keras.Model(images, [mean, log_var], name="encoder")
+
+
+def build_decoder(image_shape, latent_dim):
+  """z -> image in [0, 1]; the first feature map is the encoder's last one."""
+  check_image_shape(image_shape)
+  height, width, channels = image_shape
+  start_shape = (height // DOWNSAMPLING, width // DOWNSAMPLING, 64)
+  z = keras.Input(shape=(latent_dim,), name="z")
+  x = keras.layers.Dense(start_shape[0] * start_shape[1] * start_shape[2], activation="relu")(z)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Reshape(start_shape)(x)
+  x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+  x = keras.layers.BatchNormalization()(x)
+  images = keras.layers.Conv2DTranspose(channels, 3, strides=1, padding="same",
+                                        activation="sigmoid", name="reconstruction")(x)
+  return keras.Model(z, images, name="decoder")
+
+
+def reconstruction_loss(images, reconstruction):
+  """Binary cross-entropy summed over pixels and channels: nats per image, shape [N]."""
+  bce = keras.backend.binary_crossentropy(images, reconstruction)  # clipped at 1e-7
+  return tf.reduce_sum(bce, axis=[1, 2, 3])
+
+
+def kl_loss(mean, log_var):
+  """KL(q(z | x) || N(0, I)) summed over latent dims: nats per image, shape [N]."""
+  return -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mean) - tf.exp(log_var), axis=1)
+
+
+class VAE(keras.Model):
+  """Encoder + Sampling + decoder, trained on BCE + beta * KL."""
+
+  def __init__(self, image_shape, latent_dim, beta=1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.encoder = build_encoder(image_shape, latent_dim)
+    self.decoder = build_decoder(image_shape, latent_dim)
+    self.sampling = Sampling()
+    self.beta = beta
+    self.trackers = {name: keras.metrics.Mean(name=name)
+                     for name in ("loss", "reconstruction_loss", "kl_loss")}
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  def call(self, images, training=False):
+    mean, log_var = self.encoder(images, training=training)
+    return self.decoder(self.sampling([mean, log_var]), training=training)
+
+  def losses_of(self, images, training):
+    """Per-image losses with a sampled z (the quantities the optimizer sees)."""
+    mean, log_var = self.encoder(images, training=training)
+    reconstruction = self.decoder(self.sampling([mean, log_var]), training=training)
+    rec = reconstruction_loss(images, reconstruction)
+    kl = kl_loss(mean, log_var)
+    return rec, kl
+
+  def _update_trackers(self, rec, kl, loss):
+    for name, value in (("loss", loss), ("reconstruction_loss", rec), ("kl_loss", kl)):
+      self.trackers[name].update_state(value)
+    return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+  def train_step(self, images):
+    with tf.GradientTape() as tape:
+      rec, kl = self.losses_of(images, training=True)
+      loss = tf.reduce_mean(rec + self.beta * kl)
+    grads = tape.gradient(loss, self.trainable_weights)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+    return self._update_trackers(rec, kl, rec + self.beta * kl)
+
+  def test_step(self, images):
+    rec, kl = self.losses_of(images, training=False)
+    return self._update_trackers(rec, kl, rec + self.beta * kl)

@@ -1,0 +1,107 @@
+"""`vae-pipeline`: the project's one command-line tool.
+
+    vae-pipeline run [--data PATH] [--output-dir DIR] [--epochs N] ...
+"""
+import argparse
+import sys
+
+import vae_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from vae_pipeline.config import PipelineConfig
+
+
+
+def image_shape(text):
+  try:
+    height, width, channels = (int(part) for part in text.lower().split("x"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected HxWxC such as 28x28x1, got {text!r}") from None
+  return height, width, channels
+
+
+def add_run_parser(commands):
+  defaults = PipelineConfig()
+  run = commands.add_parser(
+      "run", help="run the pipeline locally: ingest, validate, transform, train, evaluate, push",
+      description="Runs the whole pipeline on this machine and prints a summary; the run's "
+                  "summary and pictures go to OUTPUT_DIR/runs/.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  run.add_argument("--data", default=defaults.data,
+                   help="folder of TFRecord files of raw tf.Examples (`image` PNG bytes, "
+                        "optional `label`); default: the bundled 5,000 MNIST digits")
+  run.add_argument("--schema", default=None,
+                   help="a curated schema.pbtxt to validate the data against (e.g. a copy of "
+                        "an earlier run's SchemaGen output); default: infer one from the data")
+  run.add_argument("--output-dir", default=defaults.output_dir,
+                   help="pipeline artifacts, ML Metadata, pushed models and run reports")
+  run.add_argument("--pipeline-name", default=defaults.pipeline_name)
+  run.add_argument("--image-shape", type=image_shape, default=defaults.image_shape,
+                   metavar="HxWxC", help="shape every image is decoded to")
+  run.add_argument("--epochs", type=int, default=defaults.epochs)
+  run.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
+  run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  run.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
+  run.add_argument("--seed", type=int, default=defaults.seed)
+  run.add_argument("--max-loss", type=float, default=None,
+                   help="bless only if the eval loss (nats per image) is at most this; "
+                        "default 0.5 x H x W x C")
+  run.add_argument("--max-loss-increase", type=float, default=defaults.max_loss_increase,
+                   help="bless only if the eval loss is at most this much above the latest "
+                        "blessed model's")
+  run.add_argument("--no-cache", action="store_true",
+                   help="re-run every component instead of reusing cached results")
+  run.add_argument("--verbose", action="store_true", help="show tracebacks of failures")
+  run.set_defaults(handler=run_command)
+
+
+def run_command(args):
+  import os
+  config = PipelineConfig(
+      pipeline_name=args.pipeline_name, output_dir=args.output_dir, data=args.data, schema=args.schema,
+      image_shape=args.image_shape, latent_dim=args.latent_dim, epochs=args.epochs,
+      batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
+      seed=args.seed, max_loss=args.max_loss, max_loss_increase=args.max_loss_increase,
+      enable_cache=not args.no_cache)
+  if not os.path.isdir(config.data):
+    raise UserError(f"--data {config.data}: no such folder")
+  if config.schema and not os.path.isfile(config.schema):
+    raise UserError(f"--schema {config.schema}: no such file")
+  from vae_pipeline import local_runner
+  from vae_pipeline import summary as summary_lib
+  print(f"Running pipeline '{config.pipeline_name}' on {config.data} -> {config.output_dir}",
+        flush=True)
+  summary = local_runner.run(config)
+  print()
+  print(summary_lib.format_summary(summary, config.loss_upper_bound, config.max_loss_increase))
+  print(f"Run report: {local_runner.run_dir_of(summary, config)}")
+  return 0
+
+
+class UserError(Exception):
+  """A mistake the user can fix; shown as one line, without a traceback."""
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog="vae-pipeline",
+      description="Train, evaluate and push a convolutional VAE with TFX.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  add_run_parser(commands)
+  args = parser.parse_args(argv)
+  try:
+    return args.handler(args)
+  except (UserError, ValueError) as error:
+    if getattr(args, "verbose", False):
+      raise
+    print(f"vae-pipeline {args.command}: error: {error}", file=sys.stderr)
+    return 2
+  except Exception as error:  # a component failed: say which and why, keep it short
+    if getattr(args, "verbose", False):
+      raise
+    print(f"vae-pipeline {args.command}: failed: {type(error).__name__}: {error}\n"
+          "(run again with --verbose for the traceback)", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,59 @@
+"""Runs the pipeline on this machine: LocalDagRunner, Beam in-process, SQLite ML Metadata."""
+import contextlib
+import os
+import time
+
+from tensorflow.python.util import deprecation
+from tfx import v1 as tfx
+
+from vae_pipeline import pictures
+from vae_pipeline import progress
+from vae_pipeline import summary as summary_lib
+from vae_pipeline.config import PipelineConfig
+from vae_pipeline.pipeline import EXAMPLE_GEN, create_pipeline
+
+
+# TFMA calls deprecated TensorFlow APIs; the warnings are for its authors, not our users.
+deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+
+
+def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
+  """Runs the whole pipeline, then writes the run's summary and pictures under config.runs_dir.
+
+  A component's failure propagates (after the summary of what did run is written).
+  """
+  os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+  metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+  pipeline = create_pipeline(config, metadata)
+  started = time.monotonic()
+  try:
+    with progress.component_progress() if show_progress else contextlib.nullcontext():
+      tfx.orchestration.LocalDagRunner().run(pipeline)
+  except Exception:
+    # Record what did run (and which component failed) before the error goes up.
+    summary = summary_lib.summarize(config.metadata_path)
+    summary.wall_seconds = time.monotonic() - started
+    write_summary(summary, config, run_dir_of(summary, config))
+    raise
+  summary = summary_lib.summarize(config.metadata_path)
+  summary.wall_seconds = time.monotonic() - started
+  run_dir = run_dir_of(summary, config)
+  example_gen = summary.component(EXAMPLE_GEN)
+  if summary.model_dir and example_gen:
+    summary.pictures = pictures.write_pictures(
+        summary.model_dir, example_gen.outputs["examples"][0], run_dir)
+  write_summary(summary, config, run_dir)
+  return summary
+
+
+def run_dir_of(summary, config):
+  return os.path.join(config.runs_dir, summary.run_id.replace(":", ""))
+
+
+def write_summary(summary, config, run_dir):
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    f.write(summary.to_json())
+  with open(os.path.join(run_dir, "summary.txt"), "w") as f:
+    f.write(summary_lib.format_summary(summary, config.loss_upper_bound,
+                                       config.max_loss_increase) + "\n")

@@ -1,0 +1,82 @@
+"""The whole DAG in one function: ingest, validate, transform, train, evaluate, push."""
+from tfx import v1 as tfx
+
+from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
+from vae_pipeline.config import PipelineConfig
+from vae_pipeline.models import evaluation
+
+# Entry points, by dotted path: TFX's module_file= would pip-install a wheel at run time.
+PREPROCESSING_FN = "vae_pipeline.models.preprocessing.preprocessing_fn"
+RUN_FN = "vae_pipeline.models.trainer.run_fn"
+
+# Component ids that do not depend on which implementation is chosen.
+EXAMPLE_GEN = "ExampleGen"
+SCHEMA_GEN = "SchemaGen"
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+  """Builds the pipeline; runners choose where it runs and which metadata store it uses."""
+  # Ingest raw tf.Examples (`image` PNG bytes, optional `label`), split 4:1 by hash.
+  example_gen = tfx.components.ImportExampleGen(
+      input_base=config.data,
+      output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+          tfx.proto.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
+          tfx.proto.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets),
+      ]))).with_id(EXAMPLE_GEN)
+
+  # Validate: statistics, an inferred schema, anomalies; stop before training on anomalies.
+  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+  if config.schema:
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema).with_id(SCHEMA_GEN)
+  else:
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+  # Normalize: PNG -> float32 [H, W, C] in [0, 1].
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn=PREPROCESSING_FN,
+      custom_config=config.transform_config())
+  transform.add_upstream_node(anomalies_gate)
+
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      examples=transform.outputs["transformed_examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(splits=["train"]),
+      eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+      custom_config=config.trainer_config())
+
+  # Compare with the latest blessed model (none on the first run).
+  latest_blessed_model = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id("latest_blessed_model_resolver")
+
+  # The serving signature reads raw examples, so the Evaluator gets ExampleGen's eval split.
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=latest_blessed_model.outputs["model"],
+      eval_config=evaluation.eval_config(config.loss_upper_bound, config.max_loss_increase))
+
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name,
+      pipeline_root=config.pipeline_root,
+      components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                  transform, trainer, latest_blessed_model, evaluator, pusher],
+      enable_cache=config.enable_cache,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=config.beam_args)

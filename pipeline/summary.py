@@ -1,0 +1,170 @@
+"""What a finished run did, read back from ML Metadata and the artifacts it recorded."""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from vae_pipeline.models import evaluation
+from vae_pipeline.models import features
+
+
+def open_store(metadata_path):
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return metadata_store.MetadataStore(config)
+
+
+@dataclasses.dataclass
+class ComponentRun:
+  component: str
+  state: str  # COMPLETE, CACHED, FAILED, RUNNING ...
+  seconds: float
+  outputs: Dict[str, List[str]]  # output key -> artifact URIs
+  properties: Dict[str, dict]  # output key -> custom properties of its (first) artifact
+
+
+@dataclasses.dataclass
+class RunSummary:
+  run_id: str
+  components: List[ComponentRun]
+  metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # candidate, nats/image
+  baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+  blessed: Optional[bool] = None
+  blessing_reasons: List[str] = dataclasses.field(default_factory=list)
+  model_dir: Optional[str] = None  # the candidate SavedModel
+  pushed_dir: Optional[str] = None
+  pictures: List[str] = dataclasses.field(default_factory=list)
+  wall_seconds: Optional[float] = None
+
+  def component(self, name) -> Optional[ComponentRun]:
+    return next((c for c in self.components if c.component == name), None)
+
+  def to_json(self):
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def latest_run_id(store):
+  runs = store.get_contexts_by_type("pipeline_run")
+  if not runs:
+    raise LookupError("no pipeline run recorded in this metadata store")
+  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)).name
+
+
+def component_runs(store, run_id) -> List[ComponentRun]:
+  """Every execution of the run, in execution order, with its output artifact URIs."""
+  run = store.get_context_by_type_and_name("pipeline_run", run_id)
+  executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.id)
+  result = []
+  for execution in executions:
+    node = next(c for c in store.get_contexts_by_execution(execution.id)
+                if c.type == "node")
+    outputs, properties = {}, {}
+    events = [e for e in store.get_events_by_execution_ids([execution.id])
+              if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    for event in events:
+      key = event.path.steps[0].key if event.path.steps else ""
+      artifact = artifacts[event.artifact_id]
+      outputs.setdefault(key, []).append(artifact.uri)
+      properties.setdefault(key, {name: _value(v) for name, v in artifact.custom_properties.items()})
+    seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
+    result.append(ComponentRun(
+        component=node.name.split(".", 1)[-1],
+        state=metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+        seconds=seconds, outputs=outputs, properties=properties))
+  return result
+
+
+def _value(value: metadata_store_pb2.Value):
+  kind = value.WhichOneof("value")
+  return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
+
+
+def read_evaluation(evaluation_uri):
+  """(candidate metrics, baseline metrics, validation ok, failure reasons) from the Evaluator."""
+  import tensorflow_model_analysis as tfma
+  candidate, baseline = {}, {}
+  for metrics in tfma.load_metrics(evaluation_uri):
+    if metrics.slice_key.single_slice_keys:  # only the overall slice here
+      continue
+    for kv in metrics.metric_keys_and_values:
+      if kv.key.is_diff:
+        continue
+      target = baseline if kv.key.model_name == evaluation.BASELINE else candidate
+      target[kv.key.name] = kv.value.double_value.value
+  validation = tfma.load_validation_result(evaluation_uri)
+  failures = [failure for per_slice in validation.metric_validations_per_slice
+              for failure in per_slice.failures]
+  return candidate, baseline, validation.validation_ok, failures
+
+
+def explain_failure(failure, metrics, baseline_metrics):
+  """TFMA's failure messages are often empty: say which threshold failed, with the numbers."""
+  name = failure.metric_key.name
+  value = metrics.get(name, float("nan"))
+  if failure.metric_key.is_diff:
+    base = baseline_metrics.get(name, float("nan"))
+    text = (f"{name} {value:.2f} is {value - base:+.2f} vs the latest blessed model's "
+            f"{base:.2f}; allowed: {failure.metric_threshold.change_threshold.absolute.value:+.2f}")
+  else:
+    text = (f"{name} {value:.2f} is above the bound "
+            f"{failure.metric_threshold.value_threshold.upper_bound.value:.2f}")
+  return f"{text} {failure.message}".strip()
+
+
+def summarize(metadata_path, run_id=None) -> RunSummary:
+  store = open_store(metadata_path)
+  run_id = run_id or latest_run_id(store)
+  summary = RunSummary(run_id=run_id, components=component_runs(store, run_id))
+  trainer = summary.component("Trainer")
+  if trainer and trainer.outputs.get("model"):
+    summary.model_dir = os.path.join(trainer.outputs["model"][0], "Format-Serving")
+  evaluator = summary.component("Evaluator")
+  if evaluator and evaluator.state in ("COMPLETE", "CACHED"):
+    (summary.metrics, summary.baseline_metrics, summary.blessed,
+     failures) = read_evaluation(evaluator.outputs["evaluation"][0])
+    summary.blessing_reasons = [explain_failure(f, summary.metrics, summary.baseline_metrics)
+                                for f in failures]
+  pusher = summary.component("Pusher")
+  if pusher and pusher.state in ("COMPLETE", "CACHED"):
+    pushed = pusher.properties.get("pushed_model", {})
+    if pushed.get("pushed") == 1:
+      summary.pushed_dir = pushed.get("pushed_destination")
+  return summary
+
+
+def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> str:
+  lines = [f"Run {summary.run_id}", "", "Component                      state      seconds"]
+  for c in summary.components:
+    lines.append(f"  {c.component:<28} {c.state:<10} {c.seconds:7.1f}")
+  if summary.wall_seconds is not None:
+    lines.append(f"  {'total wall time':<28} {'':<10} {summary.wall_seconds:7.1f}")
+  if summary.metrics:
+    lines += ["", "Eval split, mean nats per image   candidate   latest blessed"]
+    for name in features.LOSS_OUTPUTS:
+      base = summary.baseline_metrics.get(name)
+      base_text = f"{base:14.2f}" if base is not None else f"{'-':>14}"
+      lines.append(f"  {name:<32} {summary.metrics.get(name, float('nan')):9.2f} {base_text}")
+    count = summary.metrics.get("example_count")
+    if count is not None:
+      lines.append(f"  {'examples':<32} {count:9.0f}")
+  if summary.blessed is not None:
+    loss = summary.metrics.get(features.LOSS, float("nan"))
+    rule = (f"loss <= {loss_upper_bound:.1f} and at most {max_loss_increase:.2f} above the "
+            "latest blessed model")
+    lines.append("")
+    if summary.blessed:
+      against = ("no blessed model yet" if not summary.baseline_metrics else
+                 f"change {loss - summary.baseline_metrics[features.LOSS]:+.2f}")
+      lines.append(f"Blessed: loss {loss:.2f} passes ({rule}; {against}).")
+    else:
+      lines.append(f"NOT blessed ({rule}):")
+      lines += [f"  {reason}" for reason in summary.blessing_reasons]
+  lines.append(f"Pushed to: {summary.pushed_dir}" if summary.pushed_dir else "Not pushed.")
+  if summary.pictures:
+    lines.append("Pictures: " + ", ".join(summary.pictures))
+  return "\n".join(lines)

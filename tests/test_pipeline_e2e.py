@@ -1,0 +1,190 @@
+"""The real pipeline, end to end, on a few hundred unlabeled digits: real TFX components, a real
+ML Metadata store, real SavedModels. Run 1 goes through the `vae-pipeline` command; run 2 (a
+clearly worse candidate) and the anomalies run go through the local runner in this process.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from vae_pipeline import local_runner
+from vae_pipeline import summary as summary_lib
+from vae_pipeline.components.anomalies_gate.executor import DataAnomaliesError
+from vae_pipeline.config import PipelineConfig
+from vae_pipeline.data.build_bundled import to_example
+from vae_pipeline.models import features
+
+pytestmark = pytest.mark.e2e
+
+NUM_IMAGES = 400
+FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--max-loss", "1000"]
+ALL_COMPONENTS = {"ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
+                  "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+CLI = os.path.join(os.path.dirname(sys.executable), "vae-pipeline")
+
+
+@pytest.fixture(scope="module")
+def unlabeled_data(tmp_path_factory, digits):
+  """A folder with one TFRecord file of raw examples that have an image and no label."""
+  folder = tmp_path_factory.mktemp("data")
+  with tf.io.TFRecordWriter(str(folder / "digits.tfrecord.gz"), options="GZIP") as writer:
+    for image in digits[0][:NUM_IMAGES]:
+      writer.write(to_example(image).SerializeToString())
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def first_run(unlabeled_data, tmp_path_factory):
+  output_dir = str(tmp_path_factory.mktemp("outputs"))
+  result = subprocess.run(
+      [CLI, "run", "--data", unlabeled_data, "--output-dir", output_dir] + FIRST_RUN,
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  config = PipelineConfig(data=unlabeled_data, output_dir=output_dir)
+  return config, summary_lib.summarize(config.metadata_path), result.stdout
+
+
+@pytest.fixture(scope="module")
+def served(first_run, tmp_path_factory):
+  """The pushed model's serving_default outputs on the whole eval split, from a fresh process
+  that never imports this project (and leaves Keras at its default)."""
+  config, summary, _ = first_run
+  eval_files = glob.glob(os.path.join(
+      summary.component("ExampleGen").outputs["examples"][0], "Split-eval", "*"))
+  out = str(tmp_path_factory.mktemp("served") / "outputs.npz")
+  script = textwrap.dedent(f"""
+      import sys
+      import numpy as np
+      import tensorflow as tf
+      model = tf.saved_model.load({summary.pushed_dir!r})
+      serve = model.signatures["serving_default"]
+      records = [r.numpy() for r in tf.data.TFRecordDataset({eval_files!r}, compression_type="GZIP")]
+      outputs = serve(examples=tf.constant(records))
+      images = [tf.io.decode_png(tf.io.parse_single_example(r, {{"image": tf.io.FixedLenFeature([], tf.string)}})["image"]).numpy() for r in records]
+      assert not any(name.startswith("vae_pipeline") for name in sys.modules)
+      np.savez({out!r}, inputs=np.stack(images), **{{k: v.numpy() for k, v in outputs.items()}})
+      """)
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=str(tmp_path_factory.mktemp("elsewhere")))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return dict(np.load(out))
+
+
+def test_first_run_executes_every_component(first_run):
+  config, summary, stdout = first_run
+  states = {c.component: c.state for c in summary.components}
+  assert set(states) == ALL_COMPONENTS
+  assert set(states.values()) == {"COMPLETE"}, states
+  assert summary.metrics["example_count"] > 0.1 * NUM_IMAGES
+  # The user saw progress and a summary.
+  assert "Trainer ..." in stdout and "Blessed" in stdout and "Pushed to:" in stdout
+
+
+def test_first_run_is_blessed_and_pushed_under_the_serving_dir(first_run):
+  config, summary, _ = first_run
+  assert summary.blessed is True
+  assert summary.pushed_dir.startswith(config.serving_dir + os.sep)
+  assert os.path.isfile(os.path.join(summary.pushed_dir, "saved_model.pb"))
+
+
+def test_signature_outputs_are_finite_and_shaped(served):
+  n = served["inputs"].shape[0]
+  assert served[features.RECONSTRUCTION].shape == (n, 28, 28, 1)
+  assert served[features.Z_MEAN].shape == served[features.Z_LOG_VAR].shape == (n, 2)
+  for name in (features.RECONSTRUCTION_LOSS, features.KL_LOSS, features.LOSS):
+    assert served[name].shape == (n,)
+  for value in served.values():
+    assert np.all(np.isfinite(value))
+  assert 0.0 <= served[features.RECONSTRUCTION].min() <= served[features.RECONSTRUCTION].max() <= 1.0
+
+
+def test_reconstruction_loss_is_the_bce_of_reconstruction_and_input(served):
+  x = served["inputs"].astype(np.float64) / 255.0
+  p = np.clip(served[features.RECONSTRUCTION].astype(np.float64), 1e-7, 1 - 1e-7)
+  bce = -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=(1, 2, 3))
+  # The model computes BCE from the decoder's logits; a float32 probability within ~1e-7 of 0
+  # or 1 cannot carry all of that precision, so a few saturated pixels differ by up to ~0.1 nat.
+  difference = np.abs(served[features.RECONSTRUCTION_LOSS] - bce)
+  assert difference.max() < 0.5, difference.max()
+  assert np.median(difference) < 0.01, np.median(difference)
+  np.testing.assert_allclose(served[features.LOSS],
+                             served[features.RECONSTRUCTION_LOSS] + served[features.KL_LOSS],
+                             rtol=1e-6)
+
+
+def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served):
+  _, summary, _ = first_run
+  assert summary.metrics["example_count"] == served[features.LOSS].shape[0]
+  for name in features.LOSS_OUTPUTS:
+    np.testing.assert_allclose(summary.metrics[name], served[name].astype(np.float64).mean(),
+                               rtol=1e-5)
+
+
+def test_run_report_has_summary_and_pictures(first_run):
+  config, summary, stdout = first_run
+  run_dir = local_runner.run_dir_of(summary, config)
+  assert f"Run report: {run_dir}" in stdout
+  saved = json.load(open(os.path.join(run_dir, "summary.json")))
+  assert saved["pushed_dir"] == summary.pushed_dir
+  for name in ("reconstructions.png", "prior_samples.png"):
+    with Image.open(os.path.join(run_dir, name)) as picture:
+      pixels = np.asarray(picture.convert("L"))
+    assert pixels.shape[0] > 200 and pixels.std() > 10  # a real picture, not a blank page
+
+
+def test_worse_candidate_is_compared_with_the_blessed_model_and_not_pushed(first_run):
+  config, first, _ = first_run
+  worse = PipelineConfig(data=config.data, output_dir=config.output_dir, epochs=1,
+                         batch_size=32, learning_rate=1e-9, max_loss=1000)
+  summary = local_runner.run(worse, show_progress=False)
+  states = {c.component: c.state for c in summary.components}
+  assert states["Transform"] == "CACHED" and states["Trainer"] == "COMPLETE"
+  # The baseline is run 1's pushed model, evaluated again on the same split.
+  np.testing.assert_allclose(summary.baseline_metrics[features.LOSS], first.metrics[features.LOSS],
+                             rtol=1e-5)
+  assert summary.metrics[features.LOSS] > first.metrics[features.LOSS] + 10
+  assert summary.blessed is False
+  assert any("latest blessed model" in reason for reason in summary.blessing_reasons)
+  assert summary.pushed_dir is None
+  assert os.listdir(config.serving_dir) == [os.path.basename(first.pushed_dir)]
+
+
+def test_anomalies_stop_the_run_before_transform(first_run, tmp_path):
+  config, first, _ = first_run
+  # A curated schema that requires a label: this unlabeled data violates it.
+  schema_uri = first.component("SchemaGen").outputs["schema"][0]
+  schema_text = open(os.path.join(schema_uri, "schema.pbtxt")).read()
+  schema_text += textwrap.dedent("""
+      feature {
+        name: "label"
+        type: INT
+        presence { min_fraction: 1.0 min_count: 1 }
+        shape { dim { size: 1 } }
+      }
+      """)
+  schema = tmp_path / "schema.pbtxt"
+  schema.write_text(schema_text)
+  strict = PipelineConfig(data=config.data, output_dir=str(tmp_path / "out"),
+                          schema=str(schema))
+  with pytest.raises(DataAnomaliesError, match="feature 'label'"):
+    local_runner.run(strict, show_progress=False)
+  summary = summary_lib.summarize(strict.metadata_path)
+  states = {c.component: c.state for c in summary.components}
+  assert states["AnomaliesGate"] == "FAILED"
+  assert "Transform" not in states and "Trainer" not in states
+
+
+def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path):
+  result = subprocess.run([CLI, "run", "--data", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("vae-pipeline run: error: --data")
+  assert "Traceback" not in result.stderr
