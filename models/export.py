@@ -19,11 +19,13 @@ class VaeServing(tf.Module):
     raw_spec = tft_output.raw_feature_spec()
     # Only the image is read: examples with or without a label are both accepted.
     self._raw_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
+    # autograph=False: nothing here branches on tensors, and converting tf_keras' source
+    # while tracing costs seconds (see VAE.train_step).
     self.serve = tf.function(
-        self._serve,
+        self._serve, autograph=False,
         input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     self.decode = tf.function(
-        self._decode,
+        self._decode, autograph=False,
         input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name=features.LATENT_INPUT)])
 
   def _serve(self, examples):

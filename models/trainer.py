@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import time
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -14,6 +15,8 @@ from vae_pipeline.models import vae as vae_lib
 # Batches used to re-estimate BatchNorm statistics after training (see recalibrate_batchnorm).
 RECALIBRATION_BATCHES = 64
 RECALIBRATION_BATCH_SIZE = 256
+# Per-epoch losses and timings, written to the Trainer's model_run directory.
+HISTORY_FILE = "history.json"
 
 
 def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=None):
@@ -65,6 +68,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
           "try a lower --learning-rate")
 
 
+class EpochTimer(keras.callbacks.Callback):
+  """Wall seconds per epoch, saved with the history (the first epoch includes warm-up)."""
+
+  def on_train_begin(self, logs=None):
+    self.seconds = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.started = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.seconds.append(time.perf_counter() - self.started)
+
+
 def run_fn(fn_args):
   """Trains the VAE on the transformed train split and exports the serving SavedModel."""
   config = fn_args.custom_config
@@ -76,15 +92,21 @@ def run_fn(fn_args):
                         seed=config["seed"])
   evaluation = image_dataset(fn_args.eval_files, tft_output, config["batch_size"])
 
+  train_images = sum(int(batch.shape[0]) for batch in train)  # also fills the cache
   model = vae_lib.VAE(image_shape, config["latent_dim"], beta=config["beta"])
   model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+  # Creating Adam's slots now means the train step is traced once, not twice.
+  model.optimizer.build(model.trainable_variables)
+  timer = EpochTimer()
   history = model.fit(
       train, validation_data=evaluation, epochs=config["epochs"], verbose=2,
-      callbacks=[StopOnNonFiniteLoss(),
+      callbacks=[StopOnNonFiniteLoss(), timer,
                  keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)])
 
   recalibrate_batchnorm(model, image_dataset(fn_args.train_files, tft_output,
                                              RECALIBRATION_BATCH_SIZE))
   export.export_serving_model(model, tft_output, config["latent_dim"], fn_args.serving_model_dir)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-    json.dump({k: [float(v) for v in vs] for k, vs in history.history.items()}, f)
+  record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+  record.update(epoch_seconds=timer.seconds, train_images=train_images)
+  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
+    json.dump(record, f)
