@@ -7,6 +7,8 @@ import sys
 
 import vae_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from vae_pipeline.config import PipelineConfig
+from vae_pipeline.data import images
+from vae_pipeline.data import sources
 
 
 
@@ -26,16 +28,27 @@ def add_run_parser(commands):
                   "summary and pictures go to OUTPUT_DIR/runs/.",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   run.add_argument("--data", default=defaults.data,
-                   help="folder of TFRecord files of raw tf.Examples (`image` PNG bytes, "
-                        "optional `label`); default: the bundled 5,000 MNIST digits")
+                   help="a folder of images (class sub-folders become labels), IDX, NPZ or "
+                        "TFRecord files, span-N sub-folders of any of them, or a dataset name "
+                        "(mnist, fashion_mnist); default: the bundled 5,000 MNIST digits")
   run.add_argument("--schema", default=None,
                    help="a curated schema.pbtxt to validate the data against (e.g. a copy of "
                         "an earlier run's SchemaGen output); default: infer one from the data")
   run.add_argument("--output-dir", default=defaults.output_dir,
                    help="pipeline artifacts, ML Metadata, pushed models and run reports")
   run.add_argument("--pipeline-name", default=defaults.pipeline_name)
-  run.add_argument("--image-shape", type=image_shape, default=defaults.image_shape,
-                   metavar="HxWxC", help="shape every image is decoded to")
+  run.add_argument("--image-shape", type=image_shape, default=None, metavar="HxWxC",
+                   help="shape every image is brought to (C: 1 grey or 3 RGB); "
+                        "default: the first image's")
+  run.add_argument("--size-policy", choices=images.SIZE_POLICIES, default=defaults.size_policy,
+                   help="images of another size: resize (aspect not kept), pad (fit, keep "
+                        "aspect, pad with black) or reject (a bad input)")
+  run.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
+                   help="skip unreadable inputs up to this share of all inputs (each is "
+                        "listed in the run's bad_inputs.csv); 0: any bad input stops the run")
+  run.add_argument("--image-feature", default=defaults.image_feature,
+                   help="the image feature of TFRecord sources (encoded image or raw uint8 "
+                        "pixel bytes)")
   run.add_argument("--epochs", type=int, default=defaults.epochs)
   run.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
   run.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -58,18 +71,23 @@ def run_command(args):
   import os
   config = PipelineConfig(
       pipeline_name=args.pipeline_name, output_dir=args.output_dir, data=args.data, schema=args.schema,
-      image_shape=args.image_shape, latent_dim=args.latent_dim, epochs=args.epochs,
+      image_shape=args.image_shape, size_policy=args.size_policy,
+      max_bad_fraction=args.max_bad_fraction, image_feature=args.image_feature,
+      latent_dim=args.latent_dim, epochs=args.epochs,
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
       seed=args.seed, max_loss=args.max_loss, max_loss_increase=args.max_loss_increase,
       enable_cache=not args.no_cache)
-  if not os.path.isdir(config.data):
-    raise UserError(f"--data {config.data}: no such folder")
   if config.schema and not os.path.isfile(config.schema):
     raise UserError(f"--schema {config.schema}: no such file")
   from vae_pipeline import local_runner
   from vae_pipeline import summary as summary_lib
-  print(f"Running pipeline '{config.pipeline_name}' on {config.data} -> {config.output_dir}",
-        flush=True)
+  try:
+    config = config.resolved()
+  except sources.SourceError as error:
+    raise UserError(f"--data: {error}") from None
+  height, width, channels = config.image_shape
+  print(f"Running pipeline '{config.pipeline_name}' on {config.data} ({config.source.kind}, "
+        f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
   summary = local_runner.run(config)
   print()
   print(summary_lib.format_summary(summary, config.loss_upper_bound, config.max_loss_increase))

@@ -5,6 +5,8 @@ import re
 from typing import List, Optional, Tuple
 
 from vae_pipeline import data as bundled
+from vae_pipeline.data import images
+from vae_pipeline.data import sources
 
 # Kubeflow refuses other pipeline names (e.g. `mnist_vae`).
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
@@ -25,8 +27,14 @@ class PipelineConfig:
 
   pipeline_name: str = "image-vae"
   output_dir: str = "outputs"
+  # A folder or file of images, IDX, NPZ or TFRecord, or a dataset name (data/sources.py).
   data: str = dataclasses.field(default_factory=bundled.bundled_dir)
-  image_shape: Tuple[int, int, int] = bundled.BUNDLED_IMAGE_SHAPE
+  # Every image is brought to this shape; None: the first image's (see `resolved`).
+  image_shape: Optional[Tuple[int, int, int]] = None
+  size_policy: str = images.DEFAULT_SIZE_POLICY  # resize, pad or reject (data/images.py)
+  # Share of inputs that may be skipped as unreadable (each recorded); 0: any bad input fails.
+  max_bad_fraction: float = 0.0
+  image_feature: str = "image"  # the image feature of TFRecord sources
   # A curated schema (schema.pbtxt) to validate new data against; None infers one per run,
   # which the run's own data always satisfies.
   schema: Optional[str] = None
@@ -53,10 +61,15 @@ class PipelineConfig:
   beam_args: List[str] = dataclasses.field(
       default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
 
+  # Filled by `resolved()`: what ExampleGen reads.
+  source: Optional[sources.Source] = None
+
   def __post_init__(self):
-    self.image_shape = tuple(int(d) for d in self.image_shape)
+    if self.image_shape is not None:
+      self.image_shape = tuple(int(d) for d in self.image_shape)
     self.output_dir = _absolute(self.output_dir)
-    self.data = _absolute(self.data)
+    if self.data not in sources.DATASETS:
+      self.data = _absolute(self.data)
     if self.schema:
       self.schema = _absolute(self.schema)
     if not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
@@ -67,8 +80,29 @@ class PipelineConfig:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.size_policy not in images.SIZE_POLICIES:
+      raise ValueError(f"size policy must be one of {', '.join(images.SIZE_POLICIES)}, "
+                       f"got {self.size_policy!r}")
+    if not 0.0 <= self.max_bad_fraction < 1.0:
+      raise ValueError(f"max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}")
     if self.max_loss_increase < 0:
       raise ValueError(f"max_loss_increase must be >= 0, got {self.max_loss_increase}")
+
+  def resolved(self) -> "PipelineConfig":
+    """This config with its source recognized and the image shape settled (reads the data)."""
+    if self.source is not None and self.image_shape is not None:
+      return self
+    source = self.source or sources.resolve(self.data)
+    shape = self.image_shape or source.natural_shape
+    if shape is None:
+      raise ValueError(f"cannot tell the image shape of {self.data}; pass --image-shape HxWxC")
+    from vae_pipeline.models import vae  # pylint: disable=import-outside-toplevel
+    try:
+      vae.check_image_shape(shape)
+    except ValueError as error:
+      raise ValueError(f"{error}; pass --image-shape HxWxC to bring the images to another size"
+                       ) from None
+    return dataclasses.replace(self, source=source, image_shape=tuple(shape))
 
   @property
   def loss_upper_bound(self) -> float:
@@ -102,3 +136,7 @@ class PipelineConfig:
 
   def transform_config(self) -> dict:
     return {"image_shape": list(self.image_shape)}
+
+  def example_gen_config(self) -> dict:
+    return {"image_shape": list(self.image_shape), "size_policy": self.size_policy,
+            "max_bad_fraction": self.max_bad_fraction, "image_feature": self.image_feature}

@@ -22,6 +22,7 @@ def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
 
   A component's failure propagates (after the summary of what did run is written).
   """
+  config = config.resolved()
   os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
   pipeline = create_pipeline(config, metadata)

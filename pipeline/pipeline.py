@@ -2,6 +2,7 @@
 from tfx import v1 as tfx
 
 from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
+from vae_pipeline.components.image_example_gen.component import ImageExampleGen
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.models import evaluation
 
@@ -14,15 +15,25 @@ EXAMPLE_GEN = "ExampleGen"
 SCHEMA_GEN = "SchemaGen"
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-  """Builds the pipeline; runners choose where it runs and which metadata store it uses."""
-  # Ingest raw tf.Examples (`image` PNG bytes, optional `label`), split 4:1 by hash.
-  example_gen = tfx.components.ImportExampleGen(
-      input_base=config.data,
+def create_example_gen(config: PipelineConfig) -> ImageExampleGen:
+  """Reads the latest span of the source, brings every image to one shape, splits 4:1 by hash."""
+  config = config.resolved()
+  return ImageExampleGen(
+      input_base=config.source.input_base,
+      input_config=tfx.proto.Input(splits=[
+          tfx.proto.Input.Split(name="single_split", pattern=config.source.pattern)]),
       output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
           tfx.proto.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
           tfx.proto.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets),
-      ]))).with_id(EXAMPLE_GEN)
+      ])),
+      custom_config=config.example_gen_config()).with_id(EXAMPLE_GEN)
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+  """Builds the pipeline; runners choose where it runs and which metadata store it uses."""
+  config = config.resolved()
+  # Ingest any image source as raw tf.Examples (`image` PNG bytes, optional `label`).
+  example_gen = create_example_gen(config)
 
   # Validate: statistics, an inferred schema, anomalies; stop before training on anomalies.
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

@@ -7,7 +7,9 @@ from typing import Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.models import evaluation
+from vae_pipeline.pipeline import EXAMPLE_GEN
 from vae_pipeline.models import features
 
 
@@ -24,7 +26,7 @@ class ComponentRun:
   state: str  # COMPLETE, CACHED, FAILED, RUNNING ...
   seconds: float
   outputs: Dict[str, List[str]]  # output key -> artifact URIs
-  properties: Dict[str, dict]  # output key -> custom properties of its (first) artifact
+  properties: Dict[str, dict]  # output key -> (custom) properties of its first artifact
 
 
 @dataclasses.dataclass
@@ -35,6 +37,10 @@ class RunSummary:
   baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
   blessed: Optional[bool] = None
   blessing_reasons: List[str] = dataclasses.field(default_factory=list)
+  inputs: Optional[int] = None  # items the source held
+  bad_inputs: Optional[int] = None  # of which skipped as unreadable (listed in bad_inputs_file)
+  bad_inputs_file: Optional[str] = None
+  label_names: Optional[List[str]] = None  # class sub-folders, in label id order
   model_dir: Optional[str] = None  # the candidate SavedModel
   pushed_dir: Optional[str] = None
   pictures: List[str] = dataclasses.field(default_factory=list)
@@ -70,7 +76,9 @@ def component_runs(store, run_id) -> List[ComponentRun]:
       key = event.path.steps[0].key if event.path.steps else ""
       artifact = artifacts[event.artifact_id]
       outputs.setdefault(key, []).append(artifact.uri)
-      properties.setdefault(key, {name: _value(v) for name, v in artifact.custom_properties.items()})
+      properties.setdefault(key, {name: _value(v) for name, v in
+                                  list(artifact.properties.items())
+                                  + list(artifact.custom_properties.items())})
     seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
     result.append(ComponentRun(
         component=node.name.split(".", 1)[-1],
@@ -120,6 +128,15 @@ def summarize(metadata_path, run_id=None) -> RunSummary:
   store = open_store(metadata_path)
   run_id = run_id or latest_run_id(store)
   summary = RunSummary(run_id=run_id, components=component_runs(store, run_id))
+  example_gen = summary.component(EXAMPLE_GEN)
+  if example_gen and example_gen.outputs.get("examples"):
+    props = example_gen.properties["examples"]
+    summary.inputs = props.get(image_example_gen.INPUT_COUNT)
+    summary.bad_inputs = props.get(image_example_gen.BAD_INPUT_COUNT)
+    summary.bad_inputs_file = os.path.join(example_gen.outputs["examples"][0],
+                                           image_example_gen.BAD_INPUTS_FILE)
+    if image_example_gen.LABEL_NAMES in props:
+      summary.label_names = json.loads(props[image_example_gen.LABEL_NAMES])
   trainer = summary.component("Trainer")
   if trainer and trainer.outputs.get("model"):
     summary.model_dir = os.path.join(trainer.outputs["model"][0], "Format-Serving")
@@ -138,11 +155,17 @@ def summarize(metadata_path, run_id=None) -> RunSummary:
 
 
 def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> str:
-  lines = [f"Run {summary.run_id}", "", "Component                      state      seconds"]
+  lines = [f"Run {summary.run_id}", "", "Component                       state      seconds"]
   for c in summary.components:
-    lines.append(f"  {c.component:<28} {c.state:<10} {c.seconds:7.1f}")
+    lines.append(f"  {c.component:<29} {c.state:<10} {c.seconds:7.1f}")
   if summary.wall_seconds is not None:
-    lines.append(f"  {'total wall time':<28} {'':<10} {summary.wall_seconds:7.1f}")
+    lines.append(f"  {'total wall time':<29} {'':<10} {summary.wall_seconds:7.1f}")
+  if summary.inputs is not None:
+    lines += ["", f"Data: {summary.inputs:,} inputs, {summary.bad_inputs:,} skipped as unreadable"
+              + (f" (listed in {summary.bad_inputs_file})" if summary.bad_inputs else "")]
+    if summary.label_names:
+      lines.append("Labels from class folders: " + ", ".join(
+          f"{i}={name}" for i, name in enumerate(summary.label_names)))
   if summary.metrics:
     lines += ["", "Eval split, mean nats per image   candidate   latest blessed"]
     for name in features.LOSS_OUTPUTS:

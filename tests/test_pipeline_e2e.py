@@ -18,7 +18,7 @@ from vae_pipeline import local_runner
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.components.anomalies_gate.executor import DataAnomaliesError
 from vae_pipeline.config import PipelineConfig
-from vae_pipeline.data.build_bundled import to_example
+from vae_pipeline.data.records import to_example
 from vae_pipeline.models import features
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vae_pipeline.data.build_bundled import png_bytes
+from vae_pipeline.data.images import png_bytes
 from vae_pipeline.models import features
 from vae_pipeline.models import preprocessing
 
