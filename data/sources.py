@@ -91,28 +91,44 @@ def idx_header(head: bytes):
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _is_tfrecord(path):
-  import tensorflow as tf
-  for compression in ("GZIP", ""):
-    try:
-      for _ in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
-        return True
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError):
-      continue
-  return False
+def _crc32c(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def _is_tfrecord_head(head: bytes) -> bool:
+  """A TFRecord starts with a uint64 length and the masked CRC-32C of those 8 bytes."""
+  if len(head) < 12:
+    return False
+  crc = _crc32c(head[:8])
+  masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+  return int.from_bytes(head[8:12], "little") == masked
+
+
+# Leading bytes of the image formats Pillow reads most: such files need no further sniffing.
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
 def file_kind(path) -> Optional[str]:
   """`idx`, `npz` or `tfrecord` by content; None for anything else (images, other files)."""
-  if zipfile.is_zipfile(path):
-    return "npz"
-  if idx_header(_head(path)):
-    return "idx"
   try:
-    if _is_tfrecord(path):
-      return "tfrecord"
-  except Exception:  # unreadable files are reported when read
-    pass
+    with open(path, "rb") as f:
+      raw = f.read(16)
+  except OSError:
+    return None  # unreadable files are reported when read
+  if raw.startswith(_IMAGE_MAGIC) or (raw[:4] == b"RIFF" and raw[8:12] == b"WEBP"):
+    return None
+  if raw.startswith(b"PK") and zipfile.is_zipfile(path):
+    return "npz"
+  head = _head(path) if raw.startswith(b"\x1f\x8b") else raw
+  if idx_header(head):
+    return "idx"
+  if _is_tfrecord_head(head):
+    return "tfrecord"
   return None
 
 
