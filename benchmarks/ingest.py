@@ -47,22 +47,13 @@ def child(data, output_dir, mode, shape):
   """Runs ExampleGen once; prints seconds and peak RSS as JSON."""
   sys.path.insert(0, os.path.dirname(HERE))
   import vae_pipeline  # noqa: F401
-  from tfx import v1 as tfx
-  from vae_pipeline import summary
+  from vae_pipeline import local_runner
   from vae_pipeline.config import PipelineConfig
-  from vae_pipeline.pipeline import create_example_gen
   config = PipelineConfig(data=data, output_dir=output_dir, image_shape=shape,
                           beam_args=MODES[mode])
-  os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-  pipeline = tfx.dsl.Pipeline(
-      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
-      components=[create_example_gen(config)], beam_pipeline_args=config.beam_args,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          config.metadata_path))
   started = time.perf_counter()
-  tfx.orchestration.LocalDagRunner().run(pipeline)
+  run = local_runner.run_example_gen(config)
   seconds = time.perf_counter() - started
-  run = summary.summarize(config.metadata_path).component("ExampleGen")
   peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
   print(json.dumps({"seconds": seconds, "peak_kib": peak,

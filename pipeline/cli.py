@@ -49,21 +49,29 @@ def add_run_parser(commands):
   run.add_argument("--image-feature", default=defaults.image_feature,
                    help="the image feature of TFRecord sources (encoded image or raw uint8 "
                         "pixel bytes)")
-  run.add_argument("--epochs", type=int, default=defaults.epochs)
-  run.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
-  run.add_argument("--batch-size", type=int, default=defaults.batch_size)
-  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+  run.add_argument("--latent-dim", type=int, default=defaults.latent_dim,
+                   help="size of the latent space z")
+  run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch")
+  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam's")
   run.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
-  run.add_argument("--seed", type=int, default=defaults.seed)
-  run.add_argument("--max-loss", type=float, default=None,
-                   help="bless only if the eval loss (nats per image) is at most this; "
-                        "default 0.5 x H x W x C")
+  run.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seeds Python, NumPy and TensorFlow")
+  run.add_argument("--max-loss", type=float, default=argparse.SUPPRESS,
+                   help="bless only if the eval loss (nats per image) is at most this "
+                        "(default: 0.5 x H x W x C)")
   run.add_argument("--max-loss-increase", type=float, default=defaults.max_loss_increase,
                    help="bless only if the eval loss is at most this much above the latest "
                         "blessed model's")
-  run.add_argument("--no-cache", action="store_true",
+  run.add_argument("--beam-arg", action="append", default=argparse.SUPPRESS, metavar="ARG",
+                   help="a Beam pipeline argument, repeatable, replacing the default "
+                        f"{' '.join(defaults.beam_args)} (e.g. "
+                        "--beam-arg=--direct_running_mode=multi_processing "
+                        "--beam-arg=--direct_num_workers=8)")
+  run.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                    help="re-run every component instead of reusing cached results")
-  run.add_argument("--verbose", action="store_true", help="show tracebacks of failures")
+  run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks of failures")
   run.set_defaults(handler=run_command)
 
 
@@ -75,16 +83,17 @@ def run_command(args):
       max_bad_fraction=args.max_bad_fraction, image_feature=args.image_feature,
       latent_dim=args.latent_dim, epochs=args.epochs,
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
-      seed=args.seed, max_loss=args.max_loss, max_loss_increase=args.max_loss_increase,
-      enable_cache=not args.no_cache)
+      seed=args.seed, max_loss=getattr(args, "max_loss", None), max_loss_increase=args.max_loss_increase,
+      enable_cache="no_cache" not in args,
+      **({"beam_args": args.beam_arg} if "beam_arg" in args else {}))
   if config.schema and not os.path.isfile(config.schema):
     raise UserError(f"--schema {config.schema}: no such file")
-  from vae_pipeline import local_runner
-  from vae_pipeline import summary as summary_lib
   try:
     config = config.resolved()
   except sources.SourceError as error:
     raise UserError(f"--data: {error}") from None
+  from vae_pipeline import local_runner  # TensorFlow, TFX: seconds to import
+  from vae_pipeline import summary as summary_lib
   height, width, channels = config.image_shape
   print(f"Running pipeline '{config.pipeline_name}' on {config.data} ({config.source.kind}, "
         f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
@@ -109,12 +118,12 @@ def main(argv=None):
   try:
     return args.handler(args)
   except (UserError, ValueError) as error:
-    if getattr(args, "verbose", False):
+    if "verbose" in args:
       raise
     print(f"vae-pipeline {args.command}: error: {error}", file=sys.stderr)
     return 2
   except Exception as error:  # a component failed: say which and why, keep it short
-    if getattr(args, "verbose", False):
+    if "verbose" in args:
       raise
     print(f"vae-pipeline {args.command}: failed: {type(error).__name__}: {error}\n"
           "(run again with --verbose for the traceback)", file=sys.stderr)

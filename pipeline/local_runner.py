@@ -10,7 +10,7 @@ from vae_pipeline import pictures
 from vae_pipeline import progress
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.config import PipelineConfig
-from vae_pipeline.pipeline import EXAMPLE_GEN, create_pipeline
+from vae_pipeline.pipeline import EXAMPLE_GEN, create_example_gen, create_pipeline
 
 
 # TFMA calls deprecated TensorFlow APIs; the warnings are for its authors, not our users.
@@ -45,6 +45,18 @@ def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
         summary.model_dir, example_gen.outputs["examples"][0], run_dir)
   write_summary(summary, config, run_dir)
   return summary
+
+
+def run_example_gen(config: PipelineConfig) -> summary_lib.ComponentRun:
+  """Runs ExampleGen alone (ingestion tests and benchmarks); returns its record."""
+  config = config.resolved()
+  os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
+      components=[create_example_gen(config)], beam_pipeline_args=config.beam_args,
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          config.metadata_path)))
+  return summary_lib.summarize(config.metadata_path).component(EXAMPLE_GEN)
 
 
 def run_dir_of(summary, config):

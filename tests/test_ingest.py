@@ -13,29 +13,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tfx import v1 as tfx
 
 from tests import image_files as files
-from vae_pipeline import summary as summary_lib
+from vae_pipeline import local_runner
 from vae_pipeline.components.image_example_gen import executor
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.data import sources
 from vae_pipeline.data.records import to_example
 from vae_pipeline.models import features
-from vae_pipeline.pipeline import create_example_gen
 
 
 def run_example_gen(data, tmp_path, **config):
   """Runs ExampleGen alone; returns (examples as [(pixels, label)], the run's ExampleGen record)."""
-  config = PipelineConfig(data=str(data), output_dir=str(tmp_path / "out"), **config)
-  os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-  pipeline = tfx.dsl.Pipeline(
-      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
-      components=[create_example_gen(config)], beam_pipeline_args=config.beam_args,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          config.metadata_path))
-  tfx.orchestration.LocalDagRunner().run(pipeline)
-  run = summary_lib.summarize(config.metadata_path).component("ExampleGen")
+  run = local_runner.run_example_gen(
+      PipelineConfig(data=str(data), output_dir=str(tmp_path / "out"), **config))
   return read_examples(run.outputs["examples"][0]), run
 
 
