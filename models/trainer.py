@@ -12,8 +12,10 @@ from vae_pipeline.models import export
 from vae_pipeline.models import features
 from vae_pipeline.models import vae as vae_lib
 
-# Batches used to re-estimate BatchNorm statistics after training (see recalibrate_batchnorm).
+# Batches used to re-estimate BatchNorm statistics after training (see recalibrate_batchnorm),
+# and, for the per-epoch validation numbers only, before each validation (a cheaper estimate).
 RECALIBRATION_BATCHES = 64
+RECALIBRATION_BATCHES_PER_EPOCH = 4
 RECALIBRATION_BATCH_SIZE = 256
 # Per-epoch losses and timings, written to the Trainer's model_run directory.
 HISTORY_FILE = "history.json"
@@ -44,6 +46,8 @@ def recalibrate_batchnorm(model, images, max_batches=RECALIBRATION_BATCHES):
   untrained batches, so inference-mode losses come out far worse than training-mode ones and
   vary from run to run. Re-estimating them after training (a cumulative average, on the
   deterministic z = mean path the signatures use) makes evaluation match what was learned.
+  `images` must be shuffled: the variance is averaged over batches, so batches of one class
+  (files are often sorted) would leave out the spread between classes (measured: 12 nats worse).
   """
   layers = [layer for part in (model.encoder, model.decoder) for layer in part.layers
             if isinstance(layer, keras.layers.BatchNormalization)]
@@ -55,6 +59,18 @@ def recalibrate_batchnorm(model, images, max_batches=RECALIBRATION_BATCHES):
     model.decoder(mean, training=True)
   for layer, momentum in zip(layers, momenta):
     layer.momentum = momentum
+
+
+class RecalibrateBeforeValidation(keras.callbacks.Callback):
+  """Validation losses printed per epoch then describe the model as it will be served, not one
+  with stale BatchNorm statistics (those read far worse, and rise while training improves)."""
+
+  def __init__(self, images):
+    super().__init__()
+    self.images = images
+
+  def on_test_begin(self, logs=None):
+    recalibrate_batchnorm(self.model, self.images, RECALIBRATION_BATCHES_PER_EPOCH)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -98,13 +114,15 @@ def run_fn(fn_args):
   # Creating Adam's slots now means the train step is traced once, not twice.
   model.optimizer.build(model.trainable_variables)
   timer = EpochTimer()
+  # Shuffled: the per-epoch estimate uses the first few batches, and files are often sorted.
+  recalibration_images = image_dataset(fn_args.train_files, tft_output, RECALIBRATION_BATCH_SIZE,
+                                       shuffle=True, seed=config["seed"])
   history = model.fit(
       train, validation_data=evaluation, epochs=config["epochs"], verbose=2,
-      callbacks=[StopOnNonFiniteLoss(), timer,
+      callbacks=[StopOnNonFiniteLoss(), timer, RecalibrateBeforeValidation(recalibration_images),
                  keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)])
 
-  recalibrate_batchnorm(model, image_dataset(fn_args.train_files, tft_output,
-                                             RECALIBRATION_BATCH_SIZE))
+  recalibrate_batchnorm(model, recalibration_images)
   export.export_serving_model(model, tft_output, config["latent_dim"], fn_args.serving_model_dir)
   record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
   record.update(epoch_seconds=timer.seconds, train_images=train_images)
