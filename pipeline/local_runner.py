@@ -32,9 +32,10 @@ def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
       tfx.orchestration.LocalDagRunner().run(pipeline)
   except Exception:
     # Record what did run (and which component failed) before the error goes up.
-    summary = summary_lib.summarize(config.metadata_path)
-    summary.wall_seconds = time.monotonic() - started
-    write_summary(summary, config, run_dir_of(summary, config))
+    with contextlib.suppress(Exception):  # never hide the real error behind this one
+      summary = summary_lib.summarize(config.metadata_path)
+      summary.wall_seconds = time.monotonic() - started
+      write_summary(summary, config, run_dir_of(summary, config))
     raise
   summary = summary_lib.summarize(config.metadata_path)
   summary.wall_seconds = time.monotonic() - started
