@@ -85,7 +85,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class EpochTimer(keras.callbacks.Callback):
-  """Wall seconds per epoch, saved with the history (the first epoch includes warm-up)."""
+  """Wall seconds of each epoch's training steps (not its validation), saved with the history;
+  the first epoch includes warm-up."""
 
   def on_train_begin(self, logs=None):
     self.seconds = []
@@ -93,8 +94,16 @@ class EpochTimer(keras.callbacks.Callback):
   def on_epoch_begin(self, epoch, logs=None):
     self.started = time.perf_counter()
 
+  def on_test_begin(self, logs=None):  # validation starts: the epoch's training is over
+    self._stop()
+
   def on_epoch_end(self, epoch, logs=None):
-    self.seconds.append(time.perf_counter() - self.started)
+    self._stop()
+
+  def _stop(self):
+    if self.started is not None:
+      self.seconds.append(time.perf_counter() - self.started)
+      self.started = None
 
 
 def run_fn(fn_args):
@@ -113,7 +122,7 @@ def run_fn(fn_args):
   model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
   # Creating Adam's slots now means the train step is traced once, not twice.
   model.optimizer.build(model.trainable_variables)
-  timer = EpochTimer()
+  timer = EpochTimer()  # listed before RecalibrateBeforeValidation: times training steps only
   # Shuffled: the per-epoch estimate uses the first few batches, and files are often sorted.
   recalibration_images = image_dataset(fn_args.train_files, tft_output, RECALIBRATION_BATCH_SIZE,
                                        shuffle=True, seed=config["seed"])
