@@ -189,11 +189,7 @@ def resolve(data: str) -> Source:
   files = list_files(root)
   if not files:
     raise SourceError(f"{root}: no files to read (empty folder)")
-  kinds = {f: file_kind(f) for f in files}
-  found = {k for k in kinds.values() if k}
-  if len(found) > 1:
-    raise SourceError(f"{root} mixes {' and '.join(sorted(found))} files; give one kind per source")
-  kind = found.pop() if found else "images"
+  kind, _ = source_kind(root, files)
   if os.path.isdir(root):
     # Deep enough for ExampleGen's fingerprint to see every file (caching), e.g. class/file.png.
     depth = max(os.path.relpath(f, root).count(os.sep) for f in files) + 1
@@ -230,21 +226,29 @@ def plan(input_base, pattern) -> Tuple[str, List[Unit], Optional[List[str]]]:
   return plan_root(pattern_root(input_base, pattern))
 
 
+def source_kind(root, files) -> Tuple[str, dict]:
+  """(the source's kind, each file's kind); `images` unless some files are IDX, NPZ or TFRecord."""
+  kinds = {f: file_kind(f) for f in files}
+  found = {k for k in kinds.values() if k}
+  if len(found) > 1:
+    raise SourceError(f"{root} mixes {' and '.join(sorted(found))} files; give one kind per source")
+  return (found.pop() if found else "images"), kinds
+
+
 def plan_root(root) -> Tuple[str, List[Unit], Optional[List[str]]]:
   """(kind, units of work, class names) for a file or a folder."""
   files = list_files(root)
   if not files:
     raise SourceError(f"{root}: no files to read (empty folder)")
-  kinds = {file_kind(f) for f in files}
-  kind = next((k for k in kinds if k), "images")
+  kind, kinds = source_kind(root, files)
   if kind == "images":
     names = class_names(root, files)
     label_of = {name: i for i, name in enumerate(names or [])}
     return kind, [Unit("images", f, label=label_of.get(os.path.relpath(f, root).split(os.sep)[0])
                        if names else None) for f in files], names
-  others = [f for f in files if file_kind(f) != kind]
   if kind == "idx":
     return kind, _plan_idx(files), None
+  others = [f for f in files if kinds[f] != kind]
   if others:
     raise SourceError(f"{root}: these files are not {kind} files: {', '.join(others)}")
   if kind == "npz":

@@ -6,7 +6,6 @@ the component fails with a message naming each one, and a copy of the list is ke
 `<pipeline root>/ExampleGen/bad_inputs/` (a failed run's artifacts are not kept).
 """
 import csv
-import glob
 import json
 import os
 import shutil
@@ -72,9 +71,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     @beam.ptransform_fn
     def ImagesToExample(pipeline, exec_properties, split_pattern):  # pylint: disable=invalid-name
       settings = settings_of(exec_properties)
-      kind, units, names = sources.plan(exec_properties["input_base"], split_pattern)
+      _, units, names = sources.plan(exec_properties["input_base"], split_pattern)
       with open(os.path.join(report_dir, "plan.json"), "w") as f:
-        json.dump({"kind": kind, "label_names": names}, f)
+        json.dump({"label_names": names}, f)
       results = (pipeline
                  | "Units" >> beam.Create(units)
                  | "ToExamples" >> beam.ParDo(_ToExamples(settings)).with_outputs("bad", main="ok"))
