@@ -4,6 +4,7 @@ The Transform graph is applied inside, so a client needs nothing but TensorFlow.
 """
 import tensorflow as tf
 
+from vae_pipeline.models import bounds
 from vae_pipeline.models import features
 from vae_pipeline.models import vae as vae_lib
 
@@ -24,13 +25,19 @@ class VaeServing(tf.Module):
     self.serve = tf.function(
         self._serve, autograph=False,
         input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    self.evaluate = tf.function(
+        self._evaluate, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     self.decode = tf.function(
         self._decode, autograph=False,
         input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name=features.LATENT_INPUT)])
 
-  def _serve(self, examples):
+  def _images(self, examples):
     raw = tf.io.parse_example(examples, self._raw_spec)
-    images = self.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
+    return self.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
+
+  def _serve(self, examples):
+    images = self._images(examples)
     mean, log_var = self.encoder(images, training=False)
     reconstruction = self.decoder(mean, training=False)
     rec = vae_lib.reconstruction_loss(images, reconstruction)
@@ -44,6 +51,24 @@ class VaeServing(tf.Module):
         features.LOSS: rec + kl,
     }
 
+  def _evaluate(self, examples):
+    """The deterministic losses plus Monte-Carlo likelihood bounds (models/bounds.py)."""
+    images = self._images(examples)
+    mean, log_var = self.encoder(images, training=False)
+    rec = vae_lib.reconstruction_loss(images, self.decoder(mean, training=False))
+    kl = vae_lib.kl_loss(mean, log_var)
+
+    def neg_log_likelihood(z):  # z [C, N, D] -> [C, N]
+      draws, count = tf.shape(z)[0], tf.shape(z)[1]
+      reconstruction = self.decoder(tf.reshape(z, [draws * count, -1]), training=False)
+      repeated = tf.reshape(tf.tile(images[tf.newaxis], [draws, 1, 1, 1, 1]),
+                            tf.shape(reconstruction))
+      return tf.reshape(vae_lib.reconstruction_loss(repeated, reconstruction), [draws, count])
+
+    neg_elbo, nll_iw = bounds.likelihood_bounds(neg_log_likelihood, mean, log_var)
+    return {features.RECONSTRUCTION_LOSS: rec, features.KL_LOSS: kl, features.LOSS: rec + kl,
+            features.NEG_ELBO: neg_elbo, features.NLL_IW: nll_iw}
+
   def _decode(self, z):
     return {features.IMAGES: self.decoder(z, training=False)}
 
@@ -53,4 +78,5 @@ def export_serving_model(model, tft_output, latent_dim, export_dir):
   tf.saved_model.save(module, export_dir, signatures={
       features.SERVING_SIGNATURE: module.serve,
       features.DECODE_SIGNATURE: module.decode,
+      features.EVALUATION_SIGNATURE: module.evaluate,
   })

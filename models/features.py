@@ -13,6 +13,8 @@ TRANSFORMED_IMAGE_KEY = "image"
 # Serving signatures and their tensors.
 SERVING_SIGNATURE = "serving_default"
 DECODE_SIGNATURE = "decode"
+# What the Evaluator calls: the losses plus likelihood bounds that cost K decoder passes per image.
+EVALUATION_SIGNATURE = "evaluate"
 EXAMPLES_INPUT = "examples"
 LATENT_INPUT = "z"
 RECONSTRUCTION = "reconstruction"
@@ -22,6 +24,8 @@ RECONSTRUCTION_LOSS = "reconstruction_loss"
 KL_LOSS = "kl_loss"
 LOSS = "loss"
 IMAGES = "images"
+NEG_ELBO = "neg_elbo"  # Monte-Carlo negative ELBO (models/bounds.py)
+NLL_IW = "nll_iw"  # importance-weighted bound on -log p(x) (models/bounds.py)
 
 # The per-image losses the Evaluator averages over the eval split (nats per image).
-LOSS_OUTPUTS = (RECONSTRUCTION_LOSS, KL_LOSS, LOSS)
+LOSS_OUTPUTS = (RECONSTRUCTION_LOSS, KL_LOSS, LOSS, NEG_ELBO, NLL_IW)

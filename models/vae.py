@@ -8,6 +8,10 @@ import tf_keras as keras
 
 # The encoder halves height and width twice; the decoder doubles them back.
 DOWNSAMPLING = 4
+# A posterior variance above the prior's is never worth its KL cost, but an unusual input can
+# drive the raw log-variance up until exp() overflows and the losses become inf (seen on
+# digits a 2-epoch model had not learned): log_var is capped, smoothly, at this value.
+MAX_LOG_VAR = 2.0
 
 
 class Sampling(keras.layers.Layer):
@@ -20,6 +24,17 @@ class Sampling(keras.layers.Layer):
     return mean + tf.exp(0.5 * log_var) * epsilon
 
 
+class SoftCap(keras.layers.Layer):
+  """min(x, limit), smoothly: x - softplus(x - limit)."""
+
+  def __init__(self, limit, **kwargs):
+    super().__init__(**kwargs)
+    self.limit = limit
+
+  def call(self, x):
+    return x - tf.nn.softplus(x - self.limit)
+
+
 def check_image_shape(image_shape):
   height, width, channels = image_shape
   if height % DOWNSAMPLING or width % DOWNSAMPLING:
@@ -29,36 +44,45 @@ def check_image_shape(image_shape):
     raise ValueError(f"images must have 1 or 3 channels, got {channels}")
 
 
-def build_encoder(image_shape, latent_dim):
-  """Image -> (mean, log_var) of the approximate posterior q(z | x)."""
+def build_encoder(image_shape, latent_dim, hidden_units, policy=None):
+  """Image -> (mean, log_var) of the approximate posterior q(z | x).
+
+  `policy` ("mixed_bfloat16") computes the body in bfloat16; the two heads stay float32.
+  """
   images = keras.Input(shape=image_shape, name="images")
-  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(images)
-  x = keras.layers.BatchNormalization()(x)
-  x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-  x = keras.layers.BatchNormalization()(x)
-  x = keras.layers.Flatten()(x)
-  x = keras.layers.Dense(20, activation="relu")(x)
-  x = keras.layers.BatchNormalization()(x)
-  mean = keras.layers.Dense(latent_dim, name="z_mean")(x)
-  log_var = keras.layers.Dense(latent_dim, name="z_log_var")(x)
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", dtype=policy)(images)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", dtype=policy)(x)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  x = keras.layers.Flatten(dtype=policy)(x)
+  x = keras.layers.Dense(hidden_units, activation="relu", dtype=policy)(x)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  mean = keras.layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
+  log_var = keras.layers.Dense(latent_dim, dtype="float32")(x)
+  log_var = SoftCap(MAX_LOG_VAR, name="z_log_var", dtype="float32")(log_var)
   return keras.Model(images, [mean, log_var], name="encoder")
 
 
-def build_decoder(image_shape, latent_dim):
+def build_decoder(image_shape, latent_dim, policy=None):
   """z -> image in [0, 1]; the first feature map is the encoder's last one."""
   check_image_shape(image_shape)
   height, width, channels = image_shape
   start_shape = (height // DOWNSAMPLING, width // DOWNSAMPLING, 64)
   z = keras.Input(shape=(latent_dim,), name="z")
-  x = keras.layers.Dense(start_shape[0] * start_shape[1] * start_shape[2], activation="relu")(z)
-  x = keras.layers.BatchNormalization()(x)
-  x = keras.layers.Reshape(start_shape)(x)
-  x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
-  x = keras.layers.BatchNormalization()(x)
-  x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Dense(start_shape[0] * start_shape[1] * start_shape[2], activation="relu",
+                         dtype=policy)(z)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  x = keras.layers.Reshape(start_shape, dtype=policy)(x)
+  x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu",
+                                   dtype=policy)(x)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu",
+                                   dtype=policy)(x)
+  x = keras.layers.BatchNormalization(dtype=policy)(x)
+  # float32 output: the loss reads the logits of this sigmoid (see reconstruction_loss).
   images = keras.layers.Conv2DTranspose(channels, 3, strides=1, padding="same",
-                                        activation="sigmoid", name="reconstruction")(x)
+                                        activation="sigmoid", name="reconstruction",
+                                        dtype="float32")(x)
   return keras.Model(z, images, name="decoder")
 
 
@@ -76,14 +100,23 @@ def kl_loss(mean, log_var):
 class VAE(keras.Model):
   """Encoder + Sampling + decoder, trained on BCE + beta * KL."""
 
-  def __init__(self, image_shape, latent_dim, beta=1.0, **kwargs):
+  def __init__(self, image_shape, latent_dim, hidden_units, beta=1.0, policy=None, **kwargs):
     super().__init__(**kwargs)
-    self.encoder = build_encoder(image_shape, latent_dim)
-    self.decoder = build_decoder(image_shape, latent_dim)
-    self.sampling = Sampling()
+    self.encoder = build_encoder(image_shape, latent_dim, hidden_units, policy)
+    self.decoder = build_decoder(image_shape, latent_dim, policy)
+    self.sampling = Sampling(dtype="float32")
     self.beta = beta
     self.trackers = {name: keras.metrics.Mean(name=name)
                      for name in ("loss", "reconstruction_loss", "kl_loss")}
+    self.architecture = dict(image_shape=tuple(image_shape), latent_dim=latent_dim,
+                             hidden_units=hidden_units, beta=beta)
+
+  def float32_copy(self):
+    """The same weights in a float32 model (what is served, whatever trained it)."""
+    copy = VAE(**self.architecture)
+    copy.encoder.set_weights(self.encoder.get_weights())
+    copy.decoder.set_weights(self.decoder.get_weights())
+    return copy
 
   @property
   def metrics(self):

@@ -52,11 +52,18 @@ def add_run_parser(commands):
   run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
   run.add_argument("--latent-dim", type=int, default=defaults.latent_dim,
                    help="size of the latent space z")
+  run.add_argument("--hidden-units", type=int, default=defaults.hidden_units,
+                   help="width of the encoder's Dense layer before the latent heads")
   run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch")
-  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam's")
+  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                   help="Adam's, at the start of a cosine decay to 0 over all epochs")
   run.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
   run.add_argument("--seed", type=int, default=defaults.seed,
                    help="seeds Python, NumPy and TensorFlow")
+  run.add_argument("--float32", dest="mixed_precision", action="store_false",
+                   default=argparse.SUPPRESS,
+                   help="train in float32 instead of mixed bfloat16 (the served model is "
+                        "float32 either way)")
   run.add_argument("--max-loss", type=float, default=argparse.SUPPRESS,
                    help="bless only if the eval loss (nats per image) is at most this "
                         "(default: 0.5 x H x W x C)")
@@ -81,7 +88,8 @@ def run_command(args):
       pipeline_name=args.pipeline_name, output_dir=args.output_dir, data=args.data, schema=args.schema,
       image_shape=args.image_shape, size_policy=args.size_policy,
       max_bad_fraction=args.max_bad_fraction, image_feature=args.image_feature,
-      latent_dim=args.latent_dim, epochs=args.epochs,
+      latent_dim=args.latent_dim, hidden_units=args.hidden_units, epochs=args.epochs,
+      mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
       seed=args.seed, max_loss=getattr(args, "max_loss", None), max_loss_increase=args.max_loss_increase,
       enable_cache="no_cache" not in args,

@@ -4,7 +4,9 @@ import os
 import time
 
 from tensorflow.python.util import deprecation
-from tfx import v1 as tfx
+from tfx.orchestration import metadata as tfx_metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.pipeline import Pipeline
 
 from vae_pipeline import pictures
 from vae_pipeline import progress
@@ -24,12 +26,12 @@ def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
   """
   config = config.resolved()
   os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-  metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-  pipeline = create_pipeline(config, metadata)
+  connection = tfx_metadata.sqlite_metadata_connection_config(config.metadata_path)
+  pipeline = create_pipeline(config, connection)
   started = time.monotonic()
   try:
     with progress.component_progress() if show_progress else contextlib.nullcontext():
-      tfx.orchestration.LocalDagRunner().run(pipeline)
+      LocalDagRunner().run(pipeline)
   except Exception:
     # Record what did run (and which component failed) before the error goes up.
     with contextlib.suppress(Exception):  # never hide the real error behind this one
@@ -52,10 +54,10 @@ def run_example_gen(config: PipelineConfig) -> summary_lib.ComponentRun:
   """Runs ExampleGen alone (ingestion tests and benchmarks); returns its record."""
   config = config.resolved()
   os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+  LocalDagRunner().run(Pipeline(
       pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
       components=[create_example_gen(config)], beam_pipeline_args=config.beam_args,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      metadata_connection_config=tfx_metadata.sqlite_metadata_connection_config(
           config.metadata_path)))
   return summary_lib.summarize(config.metadata_path).component(EXAMPLE_GEN)
 

@@ -1,5 +1,15 @@
 """The whole DAG in one function: ingest, validate, transform, train, evaluate, push."""
-from tfx import v1 as tfx
+# TFX's own modules, not `tfx.v1`: that API also imports the Google Cloud clients of
+# `tfx.v1.extensions` (~10 s of every command, cached re-runs included).
+from tfx.components import (Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen,
+                            Trainer, Transform)
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy)
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
+from tfx.types import Channel, standard_artifacts
 
 from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
 from vae_pipeline.components.image_example_gen.component import ImageExampleGen
@@ -20,70 +30,70 @@ def create_example_gen(config: PipelineConfig) -> ImageExampleGen:
   config = config.resolved()
   return ImageExampleGen(
       input_base=config.source.input_base,
-      input_config=tfx.proto.Input(splits=[
-          tfx.proto.Input.Split(name="single_split", pattern=config.source.pattern)]),
-      output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-          tfx.proto.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
-          tfx.proto.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets),
+      input_config=example_gen_pb2.Input(splits=[
+          example_gen_pb2.Input.Split(name="single_split", pattern=config.source.pattern)]),
+      output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+          example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
+          example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets),
       ])),
       custom_config=config.example_gen_config()).with_id(EXAMPLE_GEN)
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> Pipeline:
   """Builds the pipeline; runners choose where it runs and which metadata store it uses."""
   config = config.resolved()
   # Ingest any image source as raw tf.Examples (`image` PNG bytes, optional `label`).
   example_gen = create_example_gen(config)
 
   # Validate: statistics, an inferred schema, anomalies; stop before training on anomalies.
-  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+  statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
   if config.schema:
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema).with_id(SCHEMA_GEN)
+    schema_gen = ImportSchemaGen(schema_file=config.schema).with_id(SCHEMA_GEN)
   else:
-    schema_gen = tfx.components.SchemaGen(
+    schema_gen = SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-  example_validator = tfx.components.ExampleValidator(
+  example_validator = ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
   # Normalize: PNG -> float32 [H, W, C] in [0, 1].
-  transform = tfx.components.Transform(
+  transform = Transform(
       examples=example_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
       custom_config=config.transform_config())
   transform.add_upstream_node(anomalies_gate)
 
-  trainer = tfx.components.Trainer(
+  trainer = Trainer(
       run_fn=RUN_FN,
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
-      train_args=tfx.proto.TrainArgs(splits=["train"]),
-      eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+      train_args=trainer_pb2.TrainArgs(splits=["train"]),
+      eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
       custom_config=config.trainer_config())
 
   # Compare with the latest blessed model (none on the first run).
-  latest_blessed_model = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  latest_blessed_model = Resolver(
+      strategy_class=LatestBlessedModelStrategy,
+      model=Channel(type=standard_artifacts.Model),
+      model_blessing=Channel(type=standard_artifacts.ModelBlessing),
   ).with_id("latest_blessed_model_resolver")
 
   # The serving signature reads raw examples, so the Evaluator gets ExampleGen's eval split.
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=latest_blessed_model.outputs["model"],
       eval_config=evaluation.eval_config(config.loss_upper_bound, config.max_loss_increase))
 
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
-  return tfx.dsl.Pipeline(
+  return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,

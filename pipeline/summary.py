@@ -35,6 +35,8 @@ class RunSummary:
   components: List[ComponentRun]
   metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # candidate, nats/image
   baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+  # Candidate metrics per label value (when the examples have labels): label -> name -> value.
+  label_metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
   blessed: Optional[bool] = None
   blessing_reasons: List[str] = dataclasses.field(default_factory=list)
   inputs: Optional[int] = None  # items the source held
@@ -93,21 +95,30 @@ def _value(value: metadata_store_pb2.Value):
 
 
 def read_evaluation(evaluation_uri):
-  """(candidate metrics, baseline metrics, validation ok, failure reasons) from the Evaluator."""
+  """(candidate metrics, baseline metrics, candidate metrics per label, validation ok,
+  failures) from the Evaluator's output."""
   import tensorflow_model_analysis as tfma
-  candidate, baseline = {}, {}
+  candidate, baseline, per_label = {}, {}, {}
   for metrics in tfma.load_metrics(evaluation_uri):
-    if metrics.slice_key.single_slice_keys:  # only the overall slice here
+    keys = metrics.slice_key.single_slice_keys
+    if keys and keys[0].column != features.LABEL_KEY:
       continue
     for kv in metrics.metric_keys_and_values:
       if kv.key.is_diff:
         continue
-      target = baseline if kv.key.model_name == evaluation.BASELINE else candidate
-      target[kv.key.name] = kv.value.double_value.value
+      if kv.key.model_name == evaluation.BASELINE:
+        target = None if keys else baseline
+      elif keys:
+        target = per_label.setdefault(str(keys[0].int64_value), {})
+      else:
+        target = candidate
+      if target is not None:
+        target[kv.key.name] = kv.value.double_value.value
   validation = tfma.load_validation_result(evaluation_uri)
   failures = [failure for per_slice in validation.metric_validations_per_slice
               for failure in per_slice.failures]
-  return candidate, baseline, validation.validation_ok, failures
+  per_label = dict(sorted(per_label.items(), key=lambda item: int(item[0])))
+  return candidate, baseline, per_label, validation.validation_ok, failures
 
 
 def explain_failure(failure, metrics, baseline_metrics):
@@ -142,7 +153,7 @@ def summarize(metadata_path, run_id=None) -> RunSummary:
     summary.model_dir = os.path.join(trainer.outputs["model"][0], "Format-Serving")
   evaluator = summary.component("Evaluator")
   if evaluator and evaluator.state in ("COMPLETE", "CACHED"):
-    (summary.metrics, summary.baseline_metrics, summary.blessed,
+    (summary.metrics, summary.baseline_metrics, summary.label_metrics, summary.blessed,
      failures) = read_evaluation(evaluator.outputs["evaluation"][0])
     summary.blessing_reasons = [explain_failure(f, summary.metrics, summary.baseline_metrics)
                                 for f in failures]
@@ -175,6 +186,15 @@ def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> 
     count = summary.metrics.get("example_count")
     if count is not None:
       lines.append(f"  {'examples':<32} {count:9.0f}")
+  if summary.label_metrics:
+    names = summary.label_names or []
+    lines += ["", "Per label (candidate)      examples    loss  neg_elbo  nll_iw"]
+    for label, values in summary.label_metrics.items():
+      name = f"{label}={names[int(label)]}" if int(label) < len(names) else label
+      lines.append(f"  {name:<24} {values.get('example_count', 0):8.0f} "
+                   f"{values.get(features.LOSS, float('nan')):7.1f} "
+                   f"{values.get(features.NEG_ELBO, float('nan')):9.1f} "
+                   f"{values.get(features.NLL_IW, float('nan')):7.1f}")
   if summary.blessed is not None:
     loss = summary.metrics.get(features.LOSS, float("nan"))
     rule = (f"loss <= {loss_upper_bound:.1f} and at most {max_loss_increase:.2f} above the "

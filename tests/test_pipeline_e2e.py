@@ -67,6 +67,8 @@ def served(first_run, tmp_path_factory):
       serve = model.signatures["serving_default"]
       records = [r.numpy() for r in tf.data.TFRecordDataset({eval_files!r}, compression_type="GZIP")]
       outputs = serve(examples=tf.constant(records))
+      evaluated = model.signatures["evaluate"](examples=tf.constant(records))
+      outputs.update({{"evaluate/" + k: v for k, v in evaluated.items()}})
       images = [tf.io.decode_png(tf.io.parse_single_example(r, {{"image": tf.io.FixedLenFeature([], tf.string)}})["image"]).numpy() for r in records]
       assert not any(name.startswith("vae_pipeline") for name in sys.modules)
       np.savez({out!r}, inputs=np.stack(images), **{{k: v.numpy() for k, v in outputs.items()}})
@@ -123,9 +125,24 @@ def test_reconstruction_loss_is_the_bce_of_reconstruction_and_input(served):
 def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served):
   _, summary, _ = first_run
   assert summary.metrics["example_count"] == served[features.LOSS].shape[0]
-  for name in features.LOSS_OUTPUTS:
+  for name in (features.RECONSTRUCTION_LOSS, features.KL_LOSS, features.LOSS):
     np.testing.assert_allclose(summary.metrics[name], served[name].astype(np.float64).mean(),
                                rtol=1e-5)
+    np.testing.assert_allclose(served["evaluate/" + name], served[name], rtol=1e-5)
+  # The bounds draw z per position in a batch and TFMA batches as it likes: equal up to the
+  # Monte-Carlo noise of a mean over ~80 images of 64 draws each.
+  for name in (features.NEG_ELBO, features.NLL_IW):
+    by_hand = served["evaluate/" + name].astype(np.float64)
+    assert abs(summary.metrics[name] - by_hand.mean()) < 0.5, (name, summary.metrics[name])
+
+
+def test_likelihood_bounds_are_ordered_per_image(served):
+  neg_elbo = served["evaluate/" + features.NEG_ELBO]
+  nll_iw = served["evaluate/" + features.NLL_IW]
+  assert np.all(np.isfinite(neg_elbo)) and np.all(np.isfinite(nll_iw))
+  # log-mean-exp of the weights >= their mean (Jensen), and E[log w] = -neg_elbo up to noise.
+  assert np.mean(nll_iw < neg_elbo) > 0.9
+  assert 0 < np.mean(neg_elbo - nll_iw) < 0.2 * np.mean(neg_elbo)
 
 
 def test_run_report_has_summary_and_pictures(first_run):

@@ -47,7 +47,7 @@ def test_perfect_reconstruction_of_binary_images_costs_almost_nothing():
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (64, 48, 3)])
 def test_decoder_shapes_follow_the_configured_image_shape(shape):
-  model = vae_lib.VAE(shape, latent_dim=5)
+  model = vae_lib.VAE(shape, latent_dim=5, hidden_units=32)
   mean, log_var = model.encoder(tf.zeros((2,) + shape))
   assert mean.shape == (2, 5) and log_var.shape == (2, 5)
   images = model.decoder(tf.zeros((2, 5))).numpy()
@@ -60,16 +60,54 @@ def test_decoder_shapes_follow_the_configured_image_shape(shape):
                                             ((28, 28, 2), "1 or 3 channels")])
 def test_unsupported_image_shapes_are_refused_clearly(shape, message):
   with pytest.raises(ValueError, match=message):
-    vae_lib.VAE(shape, latent_dim=2)
+    vae_lib.VAE(shape, latent_dim=2, hidden_units=32)
 
 
 def test_a_few_training_steps_reduce_the_loss(digits):
   keras.utils.set_random_seed(1)
   images = digits[0][:512].astype(np.float32) / 255.0
-  model = vae_lib.VAE((28, 28, 1), latent_dim=2)
+  model = vae_lib.VAE((28, 28, 1), latent_dim=2, hidden_units=32)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   history = model.fit(images, batch_size=64, epochs=3, verbose=0, shuffle=False)
   losses = history.history["loss"]
   assert losses[-1] < losses[0] - 20, losses
   assert np.isclose(history.history["reconstruction_loss"][-1] + history.history["kl_loss"][-1],
                     losses[-1], rtol=1e-4)
+
+
+def test_mixed_precision_trains_and_serves_an_equal_float32_copy(digits):
+  keras.utils.set_random_seed(2)
+  images = digits[0][:256].astype(np.float32) / 255.0
+  model = vae_lib.VAE((28, 28, 1), latent_dim=4, hidden_units=32, policy="mixed_bfloat16")
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  history = model.fit(images, batch_size=64, epochs=2, verbose=0)
+  assert np.all(np.isfinite(history.history["loss"]))
+  conv = next(l for l in model.encoder.layers if isinstance(l, keras.layers.Conv2D))
+  assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+  copy = model.float32_copy()
+  assert all(layer.compute_dtype == "float32" for layer in copy.encoder.layers[1:])
+  mean, _ = model.encoder(images[:32])
+  copy_mean, _ = copy.encoder(images[:32])
+  assert mean.dtype == copy_mean.dtype == tf.float32
+  # Same weights; only bfloat16 rounding (8 bits of mantissa) separates the two.
+  np.testing.assert_allclose(copy_mean, mean, atol=0.1 * float(np.abs(mean).max()))
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error():
+  from vae_pipeline.models import trainer  # pylint: disable=import-outside-toplevel
+  model = vae_lib.VAE((28, 28, 1), latent_dim=2, hidden_units=8)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3))
+  images = np.full((64, 28, 28, 1), np.nan, np.float32)
+  with pytest.raises(RuntimeError, match="training diverged: the loss became nan at batch 0"):
+    model.fit(images, batch_size=32, epochs=1, verbose=0,
+              callbacks=[trainer.StopOnNonFiniteLoss()])
+
+
+def test_log_variance_is_capped_so_losses_stay_finite():
+  model = vae_lib.VAE((28, 28, 1), latent_dim=3, hidden_units=8)
+  head = next(l for l in model.encoder.layers if isinstance(l, vae_lib.SoftCap))
+  raw = tf.constant([[-50.0, 0.0, 1e4]])
+  capped = head(raw).numpy()
+  assert capped[0, 2] <= vae_lib.MAX_LOG_VAR and abs(capped[0, 0] + 50.0) < 1e-6
+  kl = vae_lib.kl_loss(tf.zeros((1, 3)), head(raw))
+  assert np.isfinite(kl.numpy()).all()

@@ -3,12 +3,14 @@
 Downstream components that must not run on bad data declare it upstream
 (`transform.add_upstream_node(gate)`).
 """
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 
 from vae_pipeline.components.anomalies_gate import executor
 
 
-@tfx.dsl.components.component
+@component
 def AnomaliesGate(
-    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]):
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
   executor.check_anomalies(anomalies)
