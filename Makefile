@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lock venv clean
+.PHONY: run test bench bench-quality bench-train-speed lock venv clean
 
 run: venv
 	$(BIN)/vae-pipeline run $(ARGS)
@@ -18,6 +18,12 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/pipeline_run.py $(ARGS)
+
+bench-quality: venv
+	$(BIN)/python benchmarks/quality.py $(ARGS)
+
+bench-train-speed: venv
+	$(BIN)/python benchmarks/train_speed.py $(ARGS)
 
 venv: $(VENV)/.installed
 

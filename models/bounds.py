@@ -67,3 +67,20 @@ def likelihood_bounds(neg_log_likelihood, mean, log_var, samples=EVAL_SAMPLES, s
   neg_elbo = nll_sum / samples + vae_lib.kl_loss(mean, log_var)
   nll_iw = -(log_sum_weights - math.log(samples))
   return neg_elbo, nll_iw
+
+
+def image_bounds(decoder, images, mean, log_var, samples=EVAL_SAMPLES, seed=EVAL_SEED):
+  """(neg_elbo, nll_iw) of `images` [N, H, W, C] under `decoder`, given q's mean and log_var.
+
+  -log p(x | z) is the model's reconstruction loss. Call it inside a tf.function: Keras then
+  computes the cross-entropy from the decoder's logits rather than clipped probabilities.
+  """
+
+  def neg_log_likelihood(z):  # z [C, N, D] -> [C, N]
+    draws, count = tf.shape(z)[0], tf.shape(z)[1]
+    reconstruction = decoder(tf.reshape(z, [draws * count, -1]), training=False)
+    repeated = tf.reshape(tf.tile(images[tf.newaxis], [draws, 1, 1, 1, 1]),
+                          tf.shape(reconstruction))
+    return tf.reshape(vae_lib.reconstruction_loss(repeated, reconstruction), [draws, count])
+
+  return likelihood_bounds(neg_log_likelihood, mean, log_var, samples, seed)

@@ -58,14 +58,7 @@ class VaeServing(tf.Module):
     rec = vae_lib.reconstruction_loss(images, self.decoder(mean, training=False))
     kl = vae_lib.kl_loss(mean, log_var)
 
-    def neg_log_likelihood(z):  # z [C, N, D] -> [C, N]
-      draws, count = tf.shape(z)[0], tf.shape(z)[1]
-      reconstruction = self.decoder(tf.reshape(z, [draws * count, -1]), training=False)
-      repeated = tf.reshape(tf.tile(images[tf.newaxis], [draws, 1, 1, 1, 1]),
-                            tf.shape(reconstruction))
-      return tf.reshape(vae_lib.reconstruction_loss(repeated, reconstruction), [draws, count])
-
-    neg_elbo, nll_iw = bounds.likelihood_bounds(neg_log_likelihood, mean, log_var)
+    neg_elbo, nll_iw = bounds.image_bounds(self.decoder, images, mean, log_var)
     return {features.RECONSTRUCTION_LOSS: rec, features.KL_LOSS: kl, features.LOSS: rec + kl,
             features.NEG_ELBO: neg_elbo, features.NLL_IW: nll_iw}
 

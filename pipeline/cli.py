@@ -4,6 +4,9 @@
 """
 import argparse
 import sys
+import time
+
+STARTED = time.monotonic()  # first thing: the start-up time printed below includes imports
 
 import vae_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from vae_pipeline.config import PipelineConfig
@@ -103,6 +106,7 @@ def run_command(args):
   from vae_pipeline import local_runner  # TensorFlow, TFX: seconds to import
   from vae_pipeline import summary as summary_lib
   height, width, channels = config.image_shape
+  print(f"Imports and set-up: {time.monotonic() - STARTED:.1f} s", flush=True)
   print(f"Running pipeline '{config.pipeline_name}' on {config.data} ({config.source.kind}, "
         f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
   summary = local_runner.run(config)

@@ -24,7 +24,8 @@ from vae_pipeline.models import features
 pytestmark = pytest.mark.e2e
 
 NUM_IMAGES = 400
-FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--max-loss", "1000"]
+FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--learning-rate", "2e-3",
+             "--max-loss", "1000"]
 ALL_COMPONENTS = {"ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
                   "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
 CLI = os.path.join(os.path.dirname(sys.executable), "vae-pipeline")
@@ -171,6 +172,18 @@ def test_worse_candidate_is_compared_with_the_blessed_model_and_not_pushed(first
   assert summary.blessed is False
   assert any("latest blessed model" in reason for reason in summary.blessing_reasons)
   assert summary.pushed_dir is None
+  assert os.listdir(config.serving_dir) == [os.path.basename(first.pushed_dir)]
+
+
+def test_a_diverging_training_fails_the_run_and_nothing_is_pushed(first_run):
+  config, first, _ = first_run
+  diverging = PipelineConfig(data=config.data, output_dir=config.output_dir, epochs=1,
+                             batch_size=32, learning_rate=1e12, max_loss=1e12)
+  with pytest.raises(RuntimeError, match="training diverged: the loss became"):
+    local_runner.run(diverging, show_progress=False)
+  states = {c.component: c.state for c in summary_lib.summarize(config.metadata_path).components}
+  assert states["Trainer"] == "FAILED"
+  assert "Evaluator" not in states and "Pusher" not in states
   assert os.listdir(config.serving_dir) == [os.path.basename(first.pushed_dir)]
 
 

@@ -17,7 +17,7 @@ def _deterministic_loss(model, images, training):
 def test_recalibrated_statistics_are_the_population_average(digits):
   keras.utils.set_random_seed(0)
   images = digits[0][:600].astype(np.float32) / 255.0
-  model = vae_lib.VAE((28, 28, 1), latent_dim=2, hidden_units=20)
+  model = vae_lib.build_vae((28, 28, 1), latent_dim=2, hidden_units=20)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   model.fit(images, batch_size=50, epochs=2, verbose=0)
 

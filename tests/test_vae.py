@@ -47,7 +47,7 @@ def test_perfect_reconstruction_of_binary_images_costs_almost_nothing():
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (64, 48, 3)])
 def test_decoder_shapes_follow_the_configured_image_shape(shape):
-  model = vae_lib.VAE(shape, latent_dim=5, hidden_units=32)
+  model = vae_lib.build_vae(shape, latent_dim=5, hidden_units=32)
   mean, log_var = model.encoder(tf.zeros((2,) + shape))
   assert mean.shape == (2, 5) and log_var.shape == (2, 5)
   images = model.decoder(tf.zeros((2, 5))).numpy()
@@ -60,13 +60,13 @@ def test_decoder_shapes_follow_the_configured_image_shape(shape):
                                             ((28, 28, 2), "1 or 3 channels")])
 def test_unsupported_image_shapes_are_refused_clearly(shape, message):
   with pytest.raises(ValueError, match=message):
-    vae_lib.VAE(shape, latent_dim=2, hidden_units=32)
+    vae_lib.build_vae(shape, latent_dim=2, hidden_units=32)
 
 
 def test_a_few_training_steps_reduce_the_loss(digits):
   keras.utils.set_random_seed(1)
   images = digits[0][:512].astype(np.float32) / 255.0
-  model = vae_lib.VAE((28, 28, 1), latent_dim=2, hidden_units=32)
+  model = vae_lib.build_vae((28, 28, 1), latent_dim=2, hidden_units=32)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   history = model.fit(images, batch_size=64, epochs=3, verbose=0, shuffle=False)
   losses = history.history["loss"]
@@ -78,13 +78,14 @@ def test_a_few_training_steps_reduce_the_loss(digits):
 def test_mixed_precision_trains_and_serves_an_equal_float32_copy(digits):
   keras.utils.set_random_seed(2)
   images = digits[0][:256].astype(np.float32) / 255.0
-  model = vae_lib.VAE((28, 28, 1), latent_dim=4, hidden_units=32, policy="mixed_bfloat16")
+  model = vae_lib.build_vae((28, 28, 1), latent_dim=4, hidden_units=32, policy="mixed_bfloat16")
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   history = model.fit(images, batch_size=64, epochs=2, verbose=0)
   assert np.all(np.isfinite(history.history["loss"]))
   conv = next(l for l in model.encoder.layers if isinstance(l, keras.layers.Conv2D))
   assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
-  copy = model.float32_copy()
+  copy = vae_lib.copy_weights(model, vae_lib.build_vae((28, 28, 1), latent_dim=4,
+                                                       hidden_units=32))
   assert all(layer.compute_dtype == "float32" for layer in copy.encoder.layers[1:])
   mean, _ = model.encoder(images[:32])
   copy_mean, _ = copy.encoder(images[:32])
@@ -95,7 +96,7 @@ def test_mixed_precision_trains_and_serves_an_equal_float32_copy(digits):
 
 def test_a_non_finite_loss_stops_training_with_a_clear_error():
   from vae_pipeline.models import trainer  # pylint: disable=import-outside-toplevel
-  model = vae_lib.VAE((28, 28, 1), latent_dim=2, hidden_units=8)
+  model = vae_lib.build_vae((28, 28, 1), latent_dim=2, hidden_units=8)
   model.compile(optimizer=keras.optimizers.Adam(1e-3))
   images = np.full((64, 28, 28, 1), np.nan, np.float32)
   with pytest.raises(RuntimeError, match="training diverged: the loss became nan at batch 0"):
@@ -104,7 +105,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error():
 
 
 def test_log_variance_is_capped_so_losses_stay_finite():
-  model = vae_lib.VAE((28, 28, 1), latent_dim=3, hidden_units=8)
+  model = vae_lib.build_vae((28, 28, 1), latent_dim=3, hidden_units=8)
   head = next(l for l in model.encoder.layers if isinstance(l, vae_lib.SoftCap))
   raw = tf.constant([[-50.0, 0.0, 1e4]])
   capped = head(raw).numpy()
