@@ -61,9 +61,9 @@ def main(extra):
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
   runs["re-run"] = run_cli(output_dir, extra)
   runs["re-run again"] = run_cli(output_dir, extra)
-  tiny = tempfile.mkdtemp(prefix="vae-bench-tiny-")
-  runs[f"{TINY} images, 1 epoch"] = run_cli(tiny, extra + [
-      "--data", tiny_data(tiny), "--epochs", "1", "--max-loss", "1e9"])
+  runs[f"{TINY} images, 1 epoch"] = run_cli(tempfile.mkdtemp(prefix="vae-bench-tiny-"), extra + [
+      "--data", tiny_data(tempfile.mkdtemp(prefix="vae-bench-tiny-data-")), "--epochs", "1",
+      "--max-loss", "1e9"])
 
   names = list(runs)
   rows = [["component"] + [f"{name} s" for name in names]]
