@@ -14,6 +14,7 @@ class VaeServing(tf.Module):
 
   def __init__(self, model, tft_output, latent_dim):
     super().__init__()
+    self.latent_dim = latent_dim
     self.encoder = model.encoder
     self.decoder = model.decoder
     self.tft_layer = tft_output.transform_features_layer()
@@ -31,17 +32,30 @@ class VaeServing(tf.Module):
     self.decode = tf.function(
         self._decode, autograph=False,
         input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name=features.LATENT_INPUT)])
+    self.encode = tf.function(
+        self._encode, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    self.score = tf.function(
+        self._score, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    self.generate = tf.function(
+        self._generate, autograph=False,
+        input_signature=[tf.TensorSpec([], tf.int32, name=features.COUNT_INPUT),
+                         tf.TensorSpec([], tf.int64, name=features.SEED_INPUT)])
 
   def _images(self, examples):
     raw = tf.io.parse_example(examples, self._raw_spec)
     return self.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
 
-  def _serve(self, examples):
-    images = self._images(examples)
+  def _deterministic_pass(self, images):
+    """Encode, decode z = mean: (mean, log_var, reconstruction, reconstruction loss, KL)."""
     mean, log_var = self.encoder(images, training=False)
     reconstruction = self.decoder(mean, training=False)
     rec = vae_lib.reconstruction_loss(images, reconstruction)
-    kl = vae_lib.kl_loss(mean, log_var)
+    return mean, log_var, reconstruction, rec, vae_lib.kl_loss(mean, log_var)
+
+  def _serve(self, examples):
+    mean, log_var, reconstruction, rec, kl = self._deterministic_pass(self._images(examples))
     return {
         features.RECONSTRUCTION: reconstruction,
         features.Z_MEAN: mean,
@@ -54,15 +68,27 @@ class VaeServing(tf.Module):
   def _evaluate(self, examples):
     """The deterministic losses plus Monte-Carlo likelihood bounds (models/bounds.py)."""
     images = self._images(examples)
-    mean, log_var = self.encoder(images, training=False)
-    rec = vae_lib.reconstruction_loss(images, self.decoder(mean, training=False))
-    kl = vae_lib.kl_loss(mean, log_var)
-
+    mean, log_var, _, rec, kl = self._deterministic_pass(images)
     neg_elbo, nll_iw = bounds.image_bounds(self.decoder, images, mean, log_var)
     return {features.RECONSTRUCTION_LOSS: rec, features.KL_LOSS: kl, features.LOSS: rec + kl,
             features.NEG_ELBO: neg_elbo, features.NLL_IW: nll_iw}
 
   def _decode(self, z):
+    return {features.IMAGES: self.decoder(z, training=False)}
+
+  def _encode(self, examples):
+    mean, log_var = self.encoder(self._images(examples), training=False)
+    return {features.Z_MEAN: mean, features.Z_LOG_VAR: log_var}
+
+  def _score(self, examples):
+    """The deterministic loss: low for images like the training data, high for unusual ones."""
+    _, _, _, rec, kl = self._deterministic_pass(self._images(examples))
+    return {features.SCORE: rec + kl}
+
+  def _generate(self, count, seed):
+    """`count` images decoded from z ~ N(0, I); stateless draws, so a seed repeats them."""
+    z = tf.random.stateless_normal(tf.stack([count, self.latent_dim]),
+                                   seed=tf.stack([seed, tf.constant(0, tf.int64)]))
     return {features.IMAGES: self.decoder(z, training=False)}
 
 
@@ -72,4 +98,7 @@ def export_serving_model(model, tft_output, latent_dim, export_dir):
       features.SERVING_SIGNATURE: module.serve,
       features.DECODE_SIGNATURE: module.decode,
       features.EVALUATION_SIGNATURE: module.evaluate,
+      features.ENCODE_SIGNATURE: module.encode,
+      features.SCORE_SIGNATURE: module.score,
+      features.GENERATE_SIGNATURE: module.generate,
   })

@@ -13,10 +13,15 @@ TRANSFORMED_IMAGE_KEY = "image"
 # Serving signatures and their tensors.
 SERVING_SIGNATURE = "serving_default"
 DECODE_SIGNATURE = "decode"
+ENCODE_SIGNATURE = "encode"
+GENERATE_SIGNATURE = "generate"
+SCORE_SIGNATURE = "score"
 # What the Evaluator calls: the losses plus likelihood bounds that cost K decoder passes per image.
 EVALUATION_SIGNATURE = "evaluate"
 EXAMPLES_INPUT = "examples"
 LATENT_INPUT = "z"
+COUNT_INPUT = "count"  # generate: how many images
+SEED_INPUT = "seed"  # generate: the same seed gives the same images
 RECONSTRUCTION = "reconstruction"
 Z_MEAN = "z_mean"
 Z_LOG_VAR = "z_log_var"
@@ -24,6 +29,7 @@ RECONSTRUCTION_LOSS = "reconstruction_loss"
 KL_LOSS = "kl_loss"
 LOSS = "loss"
 IMAGES = "images"
+SCORE = "score"  # the anomaly score: the per-image loss (higher is more unusual)
 NEG_ELBO = "neg_elbo"  # Monte-Carlo negative ELBO (models/bounds.py)
 NLL_IW = "nll_iw"  # importance-weighted bound on -log p(x) (models/bounds.py)
 

@@ -70,6 +70,13 @@ def served(first_run, tmp_path_factory):
       outputs = serve(examples=tf.constant(records))
       evaluated = model.signatures["evaluate"](examples=tf.constant(records))
       outputs.update({{"evaluate/" + k: v for k, v in evaluated.items()}})
+      for name in ("encode", "score"):
+        called = model.signatures[name](examples=tf.constant(records))
+        outputs.update({{name + "/" + k: v for k, v in called.items()}})
+      generate = model.signatures["generate"]
+      outputs["generate/a"] = generate(count=tf.constant(6), seed=tf.constant(7, tf.int64))["images"]
+      outputs["generate/b"] = generate(count=tf.constant(6), seed=tf.constant(7, tf.int64))["images"]
+      outputs["generate/c"] = generate(count=tf.constant(6), seed=tf.constant(8, tf.int64))["images"]
       images = [tf.io.decode_png(tf.io.parse_single_example(r, {{"image": tf.io.FixedLenFeature([], tf.string)}})["image"]).numpy() for r in records]
       assert not any(name.startswith("vae_pipeline") for name in sys.modules)
       np.savez({out!r}, inputs=np.stack(images), **{{k: v.numpy() for k, v in outputs.items()}})
@@ -135,6 +142,36 @@ def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served
   for name in (features.NEG_ELBO, features.NLL_IW):
     by_hand = served["evaluate/" + name].astype(np.float64)
     assert abs(summary.metrics[name] - by_hand.mean()) < 0.5, (name, summary.metrics[name])
+
+
+def test_encode_score_and_generate_signatures(served):
+  np.testing.assert_allclose(served["encode/" + features.Z_MEAN], served[features.Z_MEAN], rtol=1e-5)
+  np.testing.assert_allclose(served["encode/" + features.Z_LOG_VAR], served[features.Z_LOG_VAR],
+                             rtol=1e-5)
+  # The anomaly score is the deterministic per-image loss.
+  np.testing.assert_allclose(served["score/" + features.SCORE], served[features.LOSS], rtol=1e-5)
+  assert served["generate/a"].shape == (6, 28, 28, 1)
+  assert 0.0 <= served["generate/a"].min() and served["generate/a"].max() <= 1.0
+  np.testing.assert_array_equal(served["generate/a"], served["generate/b"])  # same seed
+  assert not np.allclose(served["generate/a"], served["generate/c"])  # another seed
+
+
+def test_saved_model_cli_shows_and_runs_the_signatures(first_run, tmp_path):
+  _, summary, _ = first_run
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  shown = subprocess.run([cli, "show", "--dir", summary.pushed_dir, "--all"],
+                         capture_output=True, text=True, timeout=300)
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  for signature in ("serving_default", "encode", "decode", "generate", "score", "evaluate"):
+    assert f"signature_def['{signature}']" in shown.stdout
+  out = tmp_path / "generated"
+  ran = subprocess.run([cli, "run", "--dir", summary.pushed_dir, "--tag_set", "serve",
+                        "--signature_def", "generate", "--input_exprs",
+                        "count=3;seed=5", "--outdir", str(out)],
+                       capture_output=True, text=True, timeout=300)
+  assert ran.returncode == 0, ran.stderr[-2000:]
+  images = np.load(out / "images.npy")
+  assert images.shape == (3, 28, 28, 1) and 0.0 <= images.min() <= images.max() <= 1.0
 
 
 def test_likelihood_bounds_are_ordered_per_image(served):
