@@ -116,6 +116,71 @@ def run_command(args):
   return 0
 
 
+def add_model_commands(commands):
+  """Commands that use a pushed model: generate, reconstruct, encode, score, interpolate."""
+  defaults = PipelineConfig()
+  model_options = argparse.ArgumentParser(add_help=False)
+  model_options.add_argument(
+      "--model", default=None, metavar="PATH",
+      help="a SavedModel folder; default: the latest model pushed by `run` with the same "
+           "--output-dir and --pipeline-name")
+  model_options.add_argument("--output-dir", default=defaults.output_dir)
+  model_options.add_argument("--pipeline-name", default=defaults.pipeline_name)
+  images_options = argparse.ArgumentParser(add_help=False)
+  images_options.add_argument(
+      "--size-policy", choices=images.SIZE_POLICIES, default="reject",
+      help="images of another size than the model's: reject them, or resize or pad them")
+
+  def command(name, help_text, out_default, *parents):
+    parser = commands.add_parser(name, help=help_text, description=help_text[0].upper()
+                                 + help_text[1:] + ".", parents=[model_options, *parents],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=out_default, help="where to write the result")
+    parser.set_defaults(handler=model_command, command_name=name)
+    return parser
+
+  generate = command("generate", "decode images sampled from the prior into a grid picture",
+                     "generated.png")
+  generate.add_argument("--count", type=int, default=20, help="how many images")
+  generate.add_argument("--seed", type=int, default=0, help="the same seed, the same images")
+  reconstruct = command("reconstruct", "show images above their reconstructions (up to 50)",
+                        "reconstructions.png", images_options)
+  reconstruct.add_argument("images", help="an image file or folder, or any --data source")
+  encode = command("encode", "write each image's z_mean and z_log_var as CSV", "encoded.csv",
+                   images_options)
+  encode.add_argument("images", help="an image file or folder, or any --data source")
+  score = command("score", "anomaly scores (the per-image loss) as CSV, most unusual first",
+                  "scores.csv", images_options)
+  score.add_argument("images", help="an image file or folder, or any --data source")
+  interpolate = command("interpolate", "decode the line between two images' latent codes "
+                        "into a strip picture", "interpolation.png", images_options)
+  interpolate.add_argument("first", help="an image file (or the first image of a source)")
+  interpolate.add_argument("second", help="another image")
+  interpolate.add_argument("--steps", type=int, default=10, help="decoded points, ends included")
+
+
+def model_command(args):
+  from vae_pipeline import use  # TensorFlow: seconds to import
+  config = PipelineConfig(output_dir=args.output_dir, pipeline_name=args.pipeline_name)
+  model = use.Model(args.model or use.latest_pushed(config.serving_dir))
+  name = args.command_name
+  if name == "generate":
+    if args.count < 1:
+      raise UserError("--count must be at least 1")
+    out = use.generate(model, args.count, args.seed, args.out)
+  elif name == "reconstruct":
+    out = use.reconstruct(model, args.images, args.out, size_policy=args.size_policy)
+  elif name == "encode":
+    out = use.encode(model, args.images, args.out, size_policy=args.size_policy)
+  elif name == "score":
+    out = use.score(model, args.images, args.out, size_policy=args.size_policy)
+  else:
+    out = use.interpolate(model, args.first, args.second, args.out, args.steps,
+                          size_policy=args.size_policy)
+  print(f"Wrote {out} (model: {model.path})")
+  return 0
+
+
 class UserError(Exception):
   """A mistake the user can fix; shown as one line, without a traceback."""
 
@@ -126,6 +191,7 @@ def main(argv=None):
       description="Train, evaluate and push a convolutional VAE with TFX.")
   commands = parser.add_subparsers(dest="command", required=True)
   add_run_parser(commands)
+  add_model_commands(commands)
   args = parser.parse_args(argv)
   try:
     return args.handler(args)

@@ -2,6 +2,7 @@
 ML Metadata store, real SavedModels. Run 1 goes through the `vae-pipeline` command; run 2 (a
 clearly worse candidate) and the anomalies run go through the local runner in this process.
 """
+import csv
 import glob
 import json
 import os
@@ -138,10 +139,12 @@ def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served
                                rtol=1e-5)
     np.testing.assert_allclose(served["evaluate/" + name], served[name], rtol=1e-5)
   # The bounds draw z per position in a batch and TFMA batches as it likes: equal up to the
-  # Monte-Carlo noise of a mean over ~80 images of 64 draws each.
+  # Monte-Carlo noise of a mean over ~80 images of 64 draws each (a 3-epoch model's posterior
+  # is a poor proposal, so allow 1%).
   for name in (features.NEG_ELBO, features.NLL_IW):
-    by_hand = served["evaluate/" + name].astype(np.float64)
-    assert abs(summary.metrics[name] - by_hand.mean()) < 0.5, (name, summary.metrics[name])
+    by_hand = served["evaluate/" + name].astype(np.float64).mean()
+    assert abs(summary.metrics[name] - by_hand) < 0.01 * by_hand, (name, summary.metrics[name],
+                                                                   by_hand)
 
 
 def test_encode_score_and_generate_signatures(served):
@@ -255,3 +258,76 @@ def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("vae-pipeline run: error: --data")
   assert "Traceback" not in result.stderr
+
+
+# The model commands (generate, reconstruct, encode, score, interpolate) on run 1's model.
+
+@pytest.fixture(scope="module", name="image_folder")
+def fixture_image_folder(tmp_path_factory, digits):
+  folder = tmp_path_factory.mktemp("pngs")
+  for i, pixels in enumerate(digits[0][:12]):
+    Image.fromarray(pixels.reshape(28, 28)).save(folder / f"digit{i:02d}.png")
+  return folder
+
+
+def cli(*args, cwd):
+  result = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+  return result
+
+
+def ok(result):
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result
+
+
+def test_generate_writes_a_repeatable_grid(first_run, tmp_path):
+  config, summary, _ = first_run
+  model = ["--output-dir", config.output_dir]  # the latest pushed model, found by default
+  ok(cli("generate", "--count", 12, "--seed", 5, "--out", "a.png", *model, cwd=tmp_path))
+  ok(cli("generate", "--count", 12, "--seed", 5, "--out", "b.png", "--model",
+         summary.pushed_dir, cwd=tmp_path))
+  a, b = (np.asarray(Image.open(tmp_path / name)) for name in ("a.png", "b.png"))
+  np.testing.assert_array_equal(a, b)
+  assert a.std() > 5  # a picture, not a blank page
+
+
+def test_reconstruct_encode_score_and_interpolate(first_run, image_folder, tmp_path):
+  _, summary, _ = first_run
+  model = ["--model", summary.pushed_dir]
+  ok(cli("reconstruct", image_folder, "--out", "r.png", *model, cwd=tmp_path))
+  with Image.open(tmp_path / "r.png") as picture:
+    assert picture.height > picture.width / 10 * 2 * 0.9  # two rows per ten images at least
+  ok(cli("encode", image_folder, "--out", "e.csv", *model, cwd=tmp_path))
+  rows = list(csv.reader(open(tmp_path / "e.csv")))
+  assert rows[0] == ["image", "z_mean_0", "z_mean_1", "z_log_var_0", "z_log_var_1"]
+  assert len(rows) == 13
+  ok(cli("score", image_folder, "--out", "s.csv", *model, cwd=tmp_path))
+  rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+  scores = [float(r["score"]) for r in rows]
+  assert len(rows) == 12 and scores == sorted(scores, reverse=True)
+  assert {os.path.basename(r["image"]) for r in rows} == set(os.listdir(image_folder))
+  ok(cli("interpolate", image_folder / "digit00.png", image_folder / "digit01.png",
+         "--steps", 6, "--out", "i.png", *model, cwd=tmp_path))
+  with Image.open(tmp_path / "i.png") as strip:
+    assert strip.width > 7 * strip.height  # 2 originals + 6 decoded, side by side
+
+
+def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
+  _, summary, _ = first_run
+  rgb = tmp_path / "rgb"
+  rgb.mkdir()
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(rgb / "a.png")
+  (tmp_path / "empty").mkdir()
+  cases = [
+      (["score", tmp_path / "nope", "--model", summary.pushed_dir], "no such file or folder"),
+      (["score", image_folder, "--model", tmp_path], "not a SavedModel folder"),
+      (["score", rgb, "--model", summary.pushed_dir], "pass --size-policy resize or pad"),
+      (["encode", tmp_path / "empty", "--model", summary.pushed_dir], "empty folder"),
+      (["generate", "--output-dir", tmp_path / "no-runs"], "no pushed model"),
+  ]
+  for args, message in cases:
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in result.stderr, (args, last)

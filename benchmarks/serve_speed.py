@@ -1,0 +1,77 @@
+"""Serving speed of the pushed SavedModel's signatures, called in-process.
+
+    .venv/bin/python benchmarks/serve_speed.py [--model DIR]   # default: the latest `make run` push
+
+Inputs are the bundled digits as raw tf.Examples (PNG-encoded), as a client would send them.
+Prints, per signature: batch-1 latency (median and 90th percentile over 300 calls) and batch-256
+throughput (images per second over 2 s of calls).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import vae_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tensorflow as tf
+
+from vae_pipeline import data as bundled
+from vae_pipeline.config import PipelineConfig
+from vae_pipeline.models import features
+
+
+def latest_pushed(serving_dir):
+  versions = [v for v in tf.io.gfile.listdir(serving_dir) if v.strip("/").isdigit()] \
+      if tf.io.gfile.isdir(serving_dir) else []
+  if not versions:
+    sys.exit(f"no pushed model in {serving_dir}: run `make run` first, or pass --model")
+  return os.path.join(serving_dir, max(versions, key=lambda v: int(v.strip("/"))))
+
+
+def timed_calls(call, seconds=None, calls=None):
+  durations = []
+  started = time.perf_counter()
+  while (calls and len(durations) < calls) or (seconds and time.perf_counter() - started < seconds):
+    t = time.perf_counter()
+    call()
+    durations.append(time.perf_counter() - t)
+  return durations
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default=None)
+  args = parser.parse_args()
+  model_dir = args.model or latest_pushed(PipelineConfig().serving_dir)
+  model = tf.saved_model.load(model_dir)
+  files = tf.io.gfile.glob(os.path.join(bundled.bundled_dir(), "*.tfrecord.gz"))
+  records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+  one, many = tf.constant(records[:1]), tf.constant(records[:256])
+  latent = model.signatures[features.DECODE_SIGNATURE].structured_input_signature[1][
+      features.LATENT_INPUT].shape[1]
+  inputs = {
+      features.SERVING_SIGNATURE: lambda n: {features.EXAMPLES_INPUT: one if n == 1 else many},
+      features.SCORE_SIGNATURE: lambda n: {features.EXAMPLES_INPUT: one if n == 1 else many},
+      features.ENCODE_SIGNATURE: lambda n: {features.EXAMPLES_INPUT: one if n == 1 else many},
+      features.DECODE_SIGNATURE: lambda n: {features.LATENT_INPUT: tf.random.normal([n, latent])},
+      features.GENERATE_SIGNATURE: lambda n: {features.COUNT_INPUT: tf.constant(n),
+                                              features.SEED_INPUT: tf.constant(1, tf.int64)},
+  }
+  print(f"model: {model_dir}\n")
+  print("| signature | batch-1 p50 ms | batch-1 p90 ms | batch-256 images/s |")
+  print("|---|---|---|---|")
+  for name, make in inputs.items():
+    signature = model.signatures[name]
+    small, large = make(1), make(256)
+    for _ in range(20):  # warm-up: first calls trace and allocate
+      signature(**small)
+    signature(**large)
+    single = sorted(timed_calls(lambda: signature(**small), calls=300))
+    batched = timed_calls(lambda: signature(**large), seconds=2.0)
+    print(f"| `{name}` | {statistics.median(single) * 1e3:.2f} | "
+          f"{single[int(0.9 * len(single))] * 1e3:.2f} | "
+          f"{256 * len(batched) / sum(batched):,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

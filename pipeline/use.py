@@ -1,0 +1,205 @@
+"""Using a pushed model: load it, feed it images from any source, save what comes back.
+
+Only the SavedModel's signatures are used (what TensorFlow Serving would serve), so these work
+on any model the pipeline pushed, without this project's model code.
+"""
+import csv
+import os
+import sys
+from typing import List, Tuple
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from vae_pipeline.data import images as image_lib
+from vae_pipeline.data import records
+from vae_pipeline.data import sources
+from vae_pipeline.models import features
+
+BATCH = 256
+
+
+class UseError(ValueError):
+  """A mistake the user can fix (a wrong path, a model of another shape): one line, no traceback."""
+
+
+class Model:
+  """A pushed SavedModel and what its signatures say about it."""
+
+  def __init__(self, path):
+    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+      raise UseError(f"--model {path}: not a SavedModel folder (no saved_model.pb)")
+    self.path = path
+    self.loaded = tf.saved_model.load(path)
+    decode = self.loaded.signatures[features.DECODE_SIGNATURE]
+    self.latent_dim = int(decode.structured_input_signature[1][features.LATENT_INPUT].shape[1])
+    self.image_shape = tuple(int(d) for d in
+                             decode.structured_outputs[features.IMAGES].shape[1:])
+
+  def call(self, signature, **inputs):
+    return {k: v.numpy() for k, v in self.loaded.signatures[signature](**inputs).items()}
+
+  def on_examples(self, signature, examples: List[bytes], show=None):
+    """Calls an examples-in signature in batches; concatenates each output."""
+    parts = []
+    for start in range(0, len(examples), BATCH):
+      parts.append(self.call(signature, **{features.EXAMPLES_INPUT:
+                                           tf.constant(examples[start:start + BATCH])}))
+      if show:
+        progress(show, min(start + BATCH, len(examples)), len(examples))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def latest_pushed(serving_dir):
+  """The newest version folder the Pusher wrote under serving_dir."""
+  versions = ([v.strip("/") for v in tf.io.gfile.listdir(serving_dir)]
+              if tf.io.gfile.isdir(serving_dir) else [])
+  versions = [v for v in versions if v.isdigit()]
+  if not versions:
+    raise UseError(f"no pushed model in {serving_dir}: run `vae-pipeline run` first, or pass "
+                   "--model PATH")
+  return os.path.join(serving_dir, max(versions, key=int))
+
+
+def progress(what, done, total):
+  """A one-line progress counter on stderr (only when it is a terminal or for long work)."""
+  if total >= 2 * BATCH:
+    end = "\n" if done >= total else "\r"
+    print(f"{what}: {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
+
+
+def read_images(path, image_shape, size_policy="reject") -> Tuple[List[str], np.ndarray]:
+  """Every image of a file or folder (any source kind) as uint8 [N, H, W, C] of the model's
+  shape; names identify them (file paths, or file#index for multi-image files). Images of
+  another size are refused unless `size_policy` says to resize or pad them."""
+  if not os.path.exists(path):
+    raise UseError(f"{path}: no such file or folder")
+  try:
+    _, units, _ = sources.plan_root(path)
+  except sources.SourceError as error:
+    raise UseError(str(error)) from None
+  names, arrays, bad = [], [], []
+  for unit in units:
+    for name, payload, _ in sources.read(unit):
+      try:
+        arrays.append(image_lib.normalize(payload, image_shape, size_policy))
+        names.append(name)
+      except image_lib.BadInput as error:
+        bad.append(f"{name} ({error})")
+  if bad and all("differs from the target" in reason for reason in bad):
+    height, width, channels = image_shape
+    raise UseError(f"{path}: {len(bad)} image(s) are not {height}x{width}, the size this model "
+                   f"takes ({height}x{width}x{channels}), e.g. {bad[0]}; pass --size-policy "
+                   "resize or pad to convert them")
+  if bad:
+    raise UseError(f"{len(bad)} unreadable input(s): " + "; ".join(bad[:5])
+                   + (" ..." if len(bad) > 5 else ""))
+  if not arrays:
+    raise UseError(f"{path}: no images found")
+  return names, np.stack(arrays)
+
+
+def to_examples(pixels: np.ndarray) -> List[bytes]:
+  return [records.to_example(p).SerializeToString() for p in pixels]
+
+
+def grid(images: np.ndarray, columns: int) -> Image.Image:
+  """[N, H, W, C] floats in [0, 1] -> one picture, `columns` images per row, 2 px gaps."""
+  count, height, width, channels = images.shape
+  rows = -(-count // columns)
+  canvas = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2, channels), np.float32)
+  for i, image in enumerate(images):
+    top, left = 2 + (i // columns) * (height + 2), 2 + (i % columns) * (width + 2)
+    canvas[top:top + height, left:left + width] = image
+  pixels = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  return Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+
+
+def save_picture(picture: Image.Image, out, scale=3):
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).save(out)
+  return out
+
+
+def generate(model: Model, count, seed, out):
+  images = model.call(features.GENERATE_SIGNATURE,
+                      **{features.COUNT_INPUT: tf.constant(count, tf.int32),
+                         features.SEED_INPUT: tf.constant(seed, tf.int64)})[features.IMAGES]
+  return save_picture(grid(images, columns=min(count, 10)), out)
+
+
+def reconstruct(model: Model, path, out, limit=50, size_policy="reject"):
+  _, pixels = read_images(path, model.image_shape, size_policy)
+  pixels = pixels[:limit]
+  outputs = model.on_examples(features.SERVING_SIGNATURE, to_examples(pixels))
+  originals = pixels.astype(np.float32) / 255.0
+  columns = min(len(pixels), 10)
+  # Rows of originals, each followed by its reconstructions.
+  rows = []
+  for start in range(0, len(pixels), columns):
+    chunk = slice(start, start + columns)
+    pad = columns - len(originals[chunk])
+    filler = np.ones((pad,) + model.image_shape, np.float32)
+    rows += [np.concatenate([originals[chunk], filler]),
+             np.concatenate([outputs[features.RECONSTRUCTION][chunk], filler])]
+  return save_picture(grid(np.concatenate(rows), columns), out)
+
+
+def encode(model: Model, path, out, size_policy="reject"):
+  names, pixels = read_images(path, model.image_shape, size_policy)
+  outputs = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels), show="encoded")
+  with open_csv(out) as writer:
+    dims = range(model.latent_dim)
+    writer.writerow(["image"] + [f"z_mean_{d}" for d in dims] + [f"z_log_var_{d}" for d in dims])
+    for name, mean, log_var in zip(names, outputs[features.Z_MEAN], outputs[features.Z_LOG_VAR]):
+      writer.writerow([name] + [f"{v:.6g}" for v in mean] + [f"{v:.6g}" for v in log_var])
+  return out
+
+
+def score(model: Model, path, out, size_policy="reject"):
+  """Anomaly scores (the per-image loss), highest (most unusual) first."""
+  names, pixels = read_images(path, model.image_shape, size_policy)
+  scores = model.on_examples(features.SCORE_SIGNATURE, to_examples(pixels),
+                             show="scored")[features.SCORE]
+  order = np.argsort(-scores, kind="stable")
+  with open_csv(out) as writer:
+    writer.writerow(["rank", "image", "score"])
+    for rank, i in enumerate(order, 1):
+      writer.writerow([rank, names[i], f"{scores[i]:.3f}"])
+  return out
+
+
+def interpolate(model: Model, first, second, out, steps=10, size_policy="reject"):
+  """Decodes `steps` points on the line between two images' z means: a strip of pictures."""
+  if steps < 2:
+    raise UseError("--steps must be at least 2")
+  pixels = np.concatenate([read_images(p, model.image_shape, size_policy)[1][:1]
+                           for p in (first, second)])
+  means = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels))[features.Z_MEAN]
+  weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+  z = (1.0 - weights) * means[0] + weights * means[1]
+  decoded = model.call(features.DECODE_SIGNATURE,
+                       **{features.LATENT_INPUT: tf.constant(z)})[features.IMAGES]
+  strip = np.concatenate([pixels[:1].astype(np.float32) / 255.0, decoded,
+                          pixels[1:].astype(np.float32) / 255.0])
+  return save_picture(grid(strip, columns=len(strip)), out)
+
+
+class open_csv:  # pylint: disable=invalid-name
+  """A csv.writer on `out` ("-" for standard output)."""
+
+  def __init__(self, out):
+    self.out = out
+
+  def __enter__(self):
+    if self.out == "-":
+      self.file = None
+      return csv.writer(sys.stdout)
+    os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
+    self.file = open(self.out, "w", newline="")
+    return csv.writer(self.file)
+
+  def __exit__(self, *exc):
+    if self.file:
+      self.file.close()
