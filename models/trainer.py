@@ -18,7 +18,7 @@ RECALIBRATION_BATCHES = 64
 RECALIBRATION_BATCHES_PER_EPOCH = 4
 RECALIBRATION_BATCH_SIZE = 256
 # How many times a run reports its validation losses (on the last epoch among them).
-VALIDATIONS = 5
+VALIDATIONS = 3
 # Per-epoch losses and timings, written to the Trainer's model_run directory.
 HISTORY_FILE = "history.json"
 
@@ -136,7 +136,7 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     callbacks.append(RecalibrateBeforeValidation(recalibration_images))
   if log_dir:
     callbacks.append(keras.callbacks.TensorBoard(log_dir, profile_batch=0))
-  # Validation (with its BatchNorm re-estimate) costs ~0.5 s: about five times per run.
+  # Validation (with its BatchNorm re-estimate) costs ~1 s: three times per run.
   history = model.fit(train, validation_data=evaluation, epochs=config["epochs"],
                       validation_freq=max(1, config["epochs"] // VALIDATIONS), verbose=verbose,
                       callbacks=callbacks)

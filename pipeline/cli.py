@@ -1,6 +1,7 @@
 """`vae-pipeline`: the project's one command-line tool.
 
     vae-pipeline run [--data PATH] [--output-dir DIR] [--epochs N] ...
+    vae-pipeline runs | generate | reconstruct | encode | score | interpolate ...  (--help on each)
 """
 import argparse
 import sys
@@ -159,6 +160,32 @@ def add_model_commands(commands):
   interpolate.add_argument("--steps", type=int, default=10, help="decoded points, ends included")
 
 
+def add_runs_parser(commands):
+  defaults = PipelineConfig()
+  runs = commands.add_parser(
+      "runs", help="past runs from ML Metadata: when, data span, metrics, blessed, pushed where",
+      description="Lists the pipeline's runs recorded in its ML Metadata store, oldest first.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  runs.add_argument("--output-dir", default=defaults.output_dir)
+  runs.add_argument("--pipeline-name", default=defaults.pipeline_name)
+  runs.add_argument("--last", type=int, default=20, help="show at most this many (newest)")
+  runs.set_defaults(handler=runs_command)
+
+
+def runs_command(args):
+  import os
+  config = PipelineConfig(output_dir=args.output_dir, pipeline_name=args.pipeline_name)
+  if not os.path.isfile(config.metadata_path):
+    raise UserError(f"no runs recorded: {config.metadata_path} does not exist (run "
+                    "`vae-pipeline run` first, or pass the --output-dir it used)")
+  from vae_pipeline import summary as summary_lib  # TFMA (metrics): seconds to import
+  store = summary_lib.open_store(config.metadata_path)
+  ids = summary_lib.run_ids(store)[-args.last:]
+  print(summary_lib.format_runs([summary_lib.summarize(config.metadata_path, run_id)
+                                 for run_id in ids]))
+  return 0
+
+
 def model_command(args):
   from vae_pipeline import use  # TensorFlow: seconds to import
   config = PipelineConfig(output_dir=args.output_dir, pipeline_name=args.pipeline_name)
@@ -191,6 +218,7 @@ def main(argv=None):
       description="Train, evaluate and push a convolutional VAE with TFX.")
   commands = parser.add_subparsers(dest="command", required=True)
   add_run_parser(commands)
+  add_runs_parser(commands)
   add_model_commands(commands)
   args = parser.parse_args(argv)
   try:

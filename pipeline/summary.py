@@ -55,6 +55,30 @@ class RunSummary:
     return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+def run_ids(store) -> List[str]:
+  """Every pipeline run recorded in the store, oldest first."""
+  runs = store.get_contexts_by_type("pipeline_run")
+  return [c.name for c in sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))]
+
+
+def format_runs(summaries: List[RunSummary]) -> str:
+  """One line per run: when, data span, eval metrics, blessed, pushed where."""
+  lines = [f"{'run':<28} {'span':>4} {'inputs':>7} {'loss':>8} {'neg_elbo':>9} "
+           f"{'blessed':>7}  pushed to"]
+  for summary in summaries:
+    example_gen = summary.component(EXAMPLE_GEN)
+    span = (example_gen.properties.get("examples", {}).get("span", "-")
+            if example_gen and example_gen.outputs.get("examples") else "-")
+    failed = [c.component for c in summary.components if c.state == "FAILED"]
+    blessed = {True: "yes", False: "no", None: "-"}[summary.blessed]
+    pushed = summary.pushed_dir or (f"(failed: {', '.join(failed)})" if failed else "-")
+    metrics = summary.metrics
+    lines.append(f"{summary.run_id[:26]:<28} {span!s:>4} {summary.inputs or 0:>7,} "
+                 f"{metrics.get(features.LOSS, float('nan')):8.1f} "
+                 f"{metrics.get(features.NEG_ELBO, float('nan')):9.1f} {blessed:>7}  {pushed}")
+  return "\n".join(lines)
+
+
 def latest_run_id(store):
   runs = store.get_contexts_by_type("pipeline_run")
   if not runs:

@@ -331,3 +331,19 @@ def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
     assert result.returncode == 2, (args, result.stderr[-2000:])
     last = result.stderr.strip().splitlines()[-1]
     assert message in last and "Traceback" not in result.stderr, (args, last)
+
+
+def test_runs_lists_every_run_with_its_outcome(first_run, tmp_path):
+  # By now this store holds run 1 (blessed, pushed), the worse candidate (not blessed) and the
+  # diverging one (Trainer failed).
+  config, first, _ = first_run
+  result = cli("runs", "--output-dir", config.output_dir, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].split()[:3] == ["run", "span", "inputs"]
+  assert len(lines) == 1 + 3
+  assert first.run_id[:26] in lines[1] and " yes " in lines[1] and first.pushed_dir in lines[1]
+  assert " no " in lines[2] and lines[2].rstrip().endswith("-")
+  assert "(failed: Trainer)" in lines[3]
+  missing = cli("runs", "--output-dir", tmp_path / "nothing", cwd=tmp_path)
+  assert missing.returncode == 2 and "no runs recorded" in missing.stderr
