@@ -158,6 +158,11 @@ def add_model_commands(commands):
   interpolate.add_argument("first", help="an image file (or the first image of a source)")
   interpolate.add_argument("second", help="another image")
   interpolate.add_argument("--steps", type=int, default=10, help="decoded points, ends included")
+  latent_plot = command("latent-plot", "scatter the images' latent codes, coloured by label; "
+                        "for a 2-D latent space also the decoded manifold", "latent.png",
+                        images_options)
+  latent_plot.add_argument("images", help="an image source; labels come from class folders or "
+                                          "TFRecord `label`s (e.g. the bundled digits)")
 
 
 def add_runs_parser(commands):
@@ -201,9 +206,11 @@ def model_command(args):
     out = use.encode(model, args.images, args.out, size_policy=args.size_policy)
   elif name == "score":
     out = use.score(model, args.images, args.out, size_policy=args.size_policy)
-  else:
+  elif name == "interpolate":
     out = use.interpolate(model, args.first, args.second, args.out, args.steps,
                           size_policy=args.size_policy)
+  else:
+    out = ", ".join(use.latent_plot(model, args.images, args.out, size_policy=args.size_policy))
   print(f"Wrote {out} (model: {model.path})")
   return 0
 

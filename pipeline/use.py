@@ -5,6 +5,7 @@ on any model the pipeline pushed, without this project's model code.
 """
 import csv
 import os
+import statistics
 import sys
 from typing import List, Tuple
 
@@ -70,6 +71,11 @@ def progress(what, done, total):
 
 
 def read_images(path, image_shape, size_policy="reject") -> Tuple[List[str], np.ndarray]:
+  names, pixels, _ = read_labelled_images(path, image_shape, size_policy)
+  return names, pixels
+
+
+def read_labelled_images(path, image_shape, size_policy="reject"):
   """Every image of a file or folder (any source kind) as uint8 [N, H, W, C] of the model's
   shape; names identify them (file paths, or file#index for multi-image files). Images of
   another size are refused unless `size_policy` says to resize or pad them."""
@@ -79,12 +85,13 @@ def read_images(path, image_shape, size_policy="reject") -> Tuple[List[str], np.
     _, units, _ = sources.plan_root(path)
   except sources.SourceError as error:
     raise UseError(str(error)) from None
-  names, arrays, bad = [], [], []
+  names, arrays, labels, bad = [], [], [], []
   for unit in units:
-    for name, payload, _ in sources.read(unit):
+    for name, payload, label in sources.read(unit):
       try:
         arrays.append(image_lib.normalize(payload, image_shape, size_policy))
         names.append(name)
+        labels.append(label)
       except image_lib.BadInput as error:
         bad.append(f"{name} ({error})")
   if bad and all("differs from the target" in reason for reason in bad):
@@ -97,7 +104,7 @@ def read_images(path, image_shape, size_policy="reject") -> Tuple[List[str], np.
                    + (" ..." if len(bad) > 5 else ""))
   if not arrays:
     raise UseError(f"{path}: no images found")
-  return names, np.stack(arrays)
+  return names, np.stack(arrays), labels
 
 
 def to_examples(pixels: np.ndarray) -> List[bytes]:
@@ -184,6 +191,52 @@ def interpolate(model: Model, first, second, out, steps=10, size_policy="reject"
   strip = np.concatenate([pixels[:1].astype(np.float32) / 255.0, decoded,
                           pixels[1:].astype(np.float32) / 255.0])
   return save_picture(grid(strip, columns=len(strip)), out)
+
+
+def latent_plot(model: Model, path, out, limit=2000, size_policy="reject"):
+  """A scatter of the images' z means coloured by label (the first two principal components
+  when the latent space has more than 2 dimensions); for a 2-D latent space also the decoded
+  manifold (a grid of z over the prior's central 90%) next to `out`. Returns the files."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  _, pixels, labels = read_labelled_images(path, model.image_shape, size_policy)
+  keep = np.random.default_rng(0).permutation(len(pixels))[:limit]  # a sample, not the first
+  pixels, labels = pixels[keep], [labels[i] for i in keep]
+  means = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels),
+                            show="encoded")[features.Z_MEAN]
+  if model.latent_dim > 2:
+    centred = means - means.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    points, axes = centred @ components[:2].T, ("principal component 1", "principal component 2")
+  else:
+    points = means if model.latent_dim == 2 else np.c_[means, np.zeros(len(means))]
+    axes = ("z[0]", "z[1]")
+  figure, axis = plt.subplots(figsize=(7, 6))
+  if any(label is not None for label in labels):
+    colours = np.array([-1 if label is None else label for label in labels])
+    scatter = axis.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=6)
+    figure.colorbar(scatter, ax=axis, label="label")
+  else:
+    axis.scatter(points[:, 0], points[:, 1], s=6)
+  axis.set_xlabel(axes[0])
+  axis.set_ylabel(axes[1])
+  axis.set_title(f"{len(points):,} images encoded (z mean), latent dim {model.latent_dim}")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  figure.savefig(out, dpi=100, bbox_inches="tight")
+  plt.close(figure)
+  written = [out]
+  if model.latent_dim == 2:
+    steps = 15
+    ticks = np.array([statistics.NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, steps)],
+                     np.float32)
+    z = np.array([[x, y] for y in ticks[::-1] for x in ticks], np.float32)
+    decoded = model.call(features.DECODE_SIGNATURE,
+                         **{features.LATENT_INPUT: tf.constant(z)})[features.IMAGES]
+    manifold = os.path.splitext(out)[0] + "_manifold.png"
+    written.append(save_picture(grid(decoded, columns=steps), manifold, scale=2))
+  return written
 
 
 class open_csv:  # pylint: disable=invalid-name

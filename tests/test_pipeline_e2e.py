@@ -347,3 +347,18 @@ def test_runs_lists_every_run_with_its_outcome(first_run, tmp_path):
   assert "(failed: Trainer)" in lines[3]
   missing = cli("runs", "--output-dir", tmp_path / "nothing", cwd=tmp_path)
   assert missing.returncode == 2 and "no runs recorded" in missing.stderr
+
+
+def test_latent_plot_colours_by_label_and_draws_the_2d_manifold(first_run, tmp_path):
+  from vae_pipeline import data as bundled  # pylint: disable=import-outside-toplevel
+  _, summary, _ = first_run
+  result = cli("latent-plot", bundled.bundled_dir(), "--out", "latent.png", "--model",
+               summary.pushed_dir, cwd=tmp_path)
+  ok(result)
+  for name in ("latent.png", "latent_manifold.png"):  # run 1's model has a 2-D latent space
+    with Image.open(tmp_path / name) as picture:
+      pixels = np.asarray(picture.convert("RGB")).astype(np.float32)
+    assert pixels.shape[0] > 300 and pixels.std() > 10
+  with Image.open(tmp_path / "latent.png") as picture:  # tab10 colours: many distinct hues
+    colours = {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3)[::7]}
+  assert len(colours) > 50
