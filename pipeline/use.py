@@ -63,11 +63,13 @@ def latest_pushed(serving_dir):
   return os.path.join(serving_dir, max(versions, key=int))
 
 
-def progress(what, done, total):
-  """A one-line progress counter on stderr (only when it is a terminal or for long work)."""
+def progress(what, done, total, width=30):
+  """A progress bar on stderr, redrawn in place, for work of more than a couple of batches."""
   if total >= 2 * BATCH:
+    filled = width * done // total
     end = "\n" if done >= total else "\r"
-    print(f"{what}: {done:,}/{total:,}", end=end, file=sys.stderr, flush=True)
+    print(f"{what} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,}", end=end,
+          file=sys.stderr, flush=True)
 
 
 def read_images(path, image_shape, size_policy="reject") -> Tuple[List[str], np.ndarray]:
