@@ -9,23 +9,15 @@ throughput (images per second over 2 s of calls).
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import vae_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from vae_pipeline import data as bundled
+from vae_pipeline import use
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.models import features
-
-
-def latest_pushed(serving_dir):
-  versions = [v for v in tf.io.gfile.listdir(serving_dir) if v.strip("/").isdigit()] \
-      if tf.io.gfile.isdir(serving_dir) else []
-  if not versions:
-    sys.exit(f"no pushed model in {serving_dir}: run `make run` first, or pass --model")
-  return os.path.join(serving_dir, max(versions, key=lambda v: int(v.strip("/"))))
 
 
 def timed_calls(call, seconds=None, calls=None):
@@ -42,13 +34,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default=None)
   args = parser.parse_args()
-  model_dir = args.model or latest_pushed(PipelineConfig().serving_dir)
-  model = tf.saved_model.load(model_dir)
+  model = use.Model(args.model or use.latest_pushed(PipelineConfig().serving_dir))
   files = tf.io.gfile.glob(os.path.join(bundled.bundled_dir(), "*.tfrecord.gz"))
   records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
   one, many = tf.constant(records[:1]), tf.constant(records[:256])
-  latent = model.signatures[features.DECODE_SIGNATURE].structured_input_signature[1][
-      features.LATENT_INPUT].shape[1]
+  latent = model.latent_dim
   inputs = {
       features.SERVING_SIGNATURE: lambda n: {features.EXAMPLES_INPUT: one if n == 1 else many},
       features.SCORE_SIGNATURE: lambda n: {features.EXAMPLES_INPUT: one if n == 1 else many},
@@ -57,11 +47,11 @@ def main():
       features.GENERATE_SIGNATURE: lambda n: {features.COUNT_INPUT: tf.constant(n),
                                               features.SEED_INPUT: tf.constant(1, tf.int64)},
   }
-  print(f"model: {model_dir}\n")
+  print(f"model: {model.path}\n")
   print("| signature | batch-1 p50 ms | batch-1 p90 ms | batch-256 images/s |")
   print("|---|---|---|---|")
   for name, make in inputs.items():
-    signature = model.signatures[name]
+    signature = model.loaded.signatures[name]
     small, large = make(1), make(256)
     for _ in range(20):  # warm-up: first calls trace and allocate
       signature(**small)

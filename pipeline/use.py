@@ -3,6 +3,7 @@
 Only the SavedModel's signatures are used (what TensorFlow Serving would serve), so these work
 on any model the pipeline pushed, without this project's model code.
 """
+import contextlib
 import csv
 import os
 import statistics
@@ -241,20 +242,12 @@ def latent_plot(model: Model, path, out, limit=2000, size_policy="reject"):
   return written
 
 
-class open_csv:  # pylint: disable=invalid-name
+@contextlib.contextmanager
+def open_csv(out):
   """A csv.writer on `out` ("-" for standard output)."""
-
-  def __init__(self, out):
-    self.out = out
-
-  def __enter__(self):
-    if self.out == "-":
-      self.file = None
-      return csv.writer(sys.stdout)
-    os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
-    self.file = open(self.out, "w", newline="")
-    return csv.writer(self.file)
-
-  def __exit__(self, *exc):
-    if self.file:
-      self.file.close()
+  if out == "-":
+    yield csv.writer(sys.stdout)
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w", newline="") as f:
+    yield csv.writer(f)
