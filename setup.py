@@ -4,7 +4,7 @@ The folders asked for (pipeline/, models/, components/, data/) install as one pa
 `vae_pipeline`, so nothing generic like `models` or `data` lands at the top of site-packages:
 pipeline/ is `vae_pipeline` itself, the others are its subpackages.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 PACKAGE_DIRS = {
     "vae_pipeline": "pipeline",
@@ -12,13 +12,16 @@ PACKAGE_DIRS = {
     "vae_pipeline.components": "components",
     "vae_pipeline.data": "data",
 }
+# With their sub-packages (components/run_report ...): a plain, non-editable install needs them.
+PACKAGES = list(PACKAGE_DIRS) + [f"{package}.{sub}" for package, folder in PACKAGE_DIRS.items()
+                                 if package != "vae_pipeline" for sub in find_packages(folder)]
 
 setup(
     name="vae-pipeline",
     version="0.1.0",
     description="A TFX pipeline that trains, evaluates and pushes a convolutional VAE on images",
     python_requires=">=3.9,<3.11",
-    packages=list(PACKAGE_DIRS),
+    packages=PACKAGES,
     package_dir=PACKAGE_DIRS,
     package_data={"vae_pipeline.data": ["mnist-5k/*.tfrecord.gz"]},
     install_requires=[

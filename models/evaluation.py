@@ -125,3 +125,43 @@ def eval_config(loss_upper_bound: float, max_loss_increase: float) -> tfma.EvalC
                        if output not in compared]),
       ],
       options=tfma.Options(include_default_metrics={"value": False}))
+
+
+def read_evaluation(evaluation_uri):
+  """(candidate metrics, baseline metrics, candidate metrics per label, validation ok,
+  failures) from the Evaluator's output."""
+  candidate, baseline, per_label = {}, {}, {}
+  for metrics in tfma.load_metrics(evaluation_uri):
+    keys = metrics.slice_key.single_slice_keys
+    if keys and keys[0].column != features.LABEL_KEY:
+      continue
+    for kv in metrics.metric_keys_and_values:
+      if kv.key.is_diff:
+        continue
+      if kv.key.model_name == BASELINE:
+        target = None if keys else baseline
+      elif keys:
+        target = per_label.setdefault(str(keys[0].int64_value), {})
+      else:
+        target = candidate
+      if target is not None:
+        target[kv.key.name] = kv.value.double_value.value
+  validation = tfma.load_validation_result(evaluation_uri)
+  failures = [failure for per_slice in validation.metric_validations_per_slice
+              for failure in per_slice.failures]
+  per_label = dict(sorted(per_label.items(), key=lambda item: int(item[0])))
+  return candidate, baseline, per_label, validation.validation_ok, failures
+
+
+def explain_failure(failure, metrics, baseline_metrics):
+  """TFMA's failure messages are often empty: say which threshold failed, with the numbers."""
+  name = failure.metric_key.name
+  value = metrics.get(name, float("nan"))
+  if failure.metric_key.is_diff:
+    base = baseline_metrics.get(name, float("nan"))
+    text = (f"{name} {value:.2f} is {value - base:+.2f} vs the latest blessed model's "
+            f"{base:.2f}; allowed: {failure.metric_threshold.change_threshold.absolute.value:+.2f}")
+  else:
+    text = (f"{name} {value:.2f} is above the bound "
+            f"{failure.metric_threshold.value_threshold.upper_bound.value:.2f}")
+  return f"{text} {failure.message}".strip()

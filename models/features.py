@@ -35,3 +35,6 @@ NLL_IW = "nll_iw"  # importance-weighted bound on -log p(x) (models/bounds.py)
 
 # The per-image losses the Evaluator averages over the eval split (nats per image).
 LOSS_OUTPUTS = (RECONSTRUCTION_LOSS, KL_LOSS, LOSS, NEG_ELBO, NLL_IW)
+
+# The Trainer's per-epoch history (losses, epoch seconds), in its model_run folder.
+HISTORY_FILE = "history.json"

@@ -19,8 +19,6 @@ RECALIBRATION_BATCHES_PER_EPOCH = 4
 RECALIBRATION_BATCH_SIZE = 256
 # How many times a run reports its validation losses (on the last epoch among them).
 VALIDATIONS = 3
-# Per-epoch losses and timings, written to the Trainer's model_run directory.
-HISTORY_FILE = "history.json"
 
 
 def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=None):
@@ -137,12 +135,15 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   if log_dir:
     callbacks.append(keras.callbacks.TensorBoard(log_dir, profile_batch=0))
   # Validation (with its BatchNorm re-estimate) costs ~1 s: three times per run.
+  validation_freq = max(1, config["epochs"] // VALIDATIONS)
   history = model.fit(train, validation_data=evaluation, epochs=config["epochs"],
-                      validation_freq=max(1, config["epochs"] // VALIDATIONS), verbose=verbose,
-                      callbacks=callbacks)
+                      validation_freq=validation_freq, verbose=verbose, callbacks=callbacks)
   recalibrate_batchnorm(model, recalibration_images)
   record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-  record.update(epoch_seconds=timer.seconds, train_images=sum(batch_sizes))
+  record.update(epoch_seconds=timer.seconds, train_images=sum(batch_sizes),
+                # 1-based epochs that the val_* entries belong to (Keras validates every Nth).
+                val_epochs=[e for e in range(1, config["epochs"] + 1) if e % validation_freq == 0]
+                if evaluation is not None else [])
   if policy:  # serve float32: the same weights, no bfloat16 rounding, fast on any CPU
     model = vae_lib.copy_weights(model, vae_lib.build_vae(**architecture))
   return model, record
@@ -163,5 +164,5 @@ def run_fn(fn_args):
   model, record = train_vae(config, train, evaluation, recalibration_images,
                             log_dir=fn_args.model_run_dir)
   export.export_serving_model(model, tft_output, config["latent_dim"], fn_args.serving_model_dir)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
-    json.dump(record, f)
+  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, features.HISTORY_FILE), "w") as f:
+    json.dump(dict(record, config=config), f)  # the settings too, for the run report

@@ -8,7 +8,6 @@ from tfx.orchestration import metadata as tfx_metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
-from vae_pipeline import pictures
 from vae_pipeline import progress
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.config import PipelineConfig
@@ -20,7 +19,8 @@ deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-acc
 
 
 def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
-  """Runs the whole pipeline, then writes the run's summary and pictures under config.runs_dir.
+  """Runs the whole pipeline, then writes the run's summary under config.runs_dir (the
+  pictures are in the RunReport component's HTML report).
 
   A component's failure propagates (after the summary of what did run is written).
   """
@@ -41,12 +41,7 @@ def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
     raise
   summary = summary_lib.summarize(config.metadata_path)
   summary.wall_seconds = time.monotonic() - started
-  run_dir = run_dir_of(summary, config)
-  example_gen = summary.component(EXAMPLE_GEN)
-  if summary.model_dir and example_gen:
-    summary.pictures = pictures.write_pictures(
-        summary.model_dir, example_gen.outputs["examples"][0], run_dir)
-  write_summary(summary, config, run_dir)
+  write_summary(summary, config, run_dir_of(summary, config))
   return summary
 
 

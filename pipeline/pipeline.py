@@ -1,4 +1,4 @@
-"""The whole DAG in one function: ingest, validate, transform, train, evaluate, push."""
+"""The whole DAG in one function: ingest, validate, transform, train, evaluate, push, report."""
 # TFX's own modules, not `tfx.v1`: that API also imports the Google Cloud clients of
 # `tfx.v1.extensions` (~10 s of every command, cached re-runs included).
 from tfx.components import (Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen,
@@ -13,6 +13,7 @@ from tfx.types import Channel, standard_artifacts
 
 from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
 from vae_pipeline.components.image_example_gen.component import ImageExampleGen
+from vae_pipeline.components.run_report.component import RunReport
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.models import evaluation
 
@@ -23,6 +24,7 @@ RUN_FN = "vae_pipeline.models.trainer.run_fn"
 # Component ids that do not depend on which implementation is chosen.
 EXAMPLE_GEN = "ExampleGen"
 SCHEMA_GEN = "SchemaGen"
+RUN_REPORT = "RunReport"
 
 
 def create_example_gen(config: PipelineConfig) -> ImageExampleGen:
@@ -93,11 +95,23 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       push_destination=pusher_pb2.PushDestination(
           filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_dir)))
 
+  # What a person looks at: an HTML page with the run's numbers and pictures.
+  run_report = RunReport(
+      examples=example_gen.outputs["examples"],
+      statistics=statistics_gen.outputs["statistics"],
+      model=trainer.outputs["model"],
+      model_run=trainer.outputs["model_run"],
+      evaluation=evaluator.outputs["evaluation"],
+      blessing=evaluator.outputs["blessing"],
+      pushed_model=pusher.outputs["pushed_model"],
+      loss_upper_bound=config.loss_upper_bound,
+      max_loss_increase=config.max_loss_increase).with_id(RUN_REPORT)
+
   return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                  transform, trainer, latest_blessed_model, evaluator, pusher],
+                  transform, trainer, latest_blessed_model, evaluator, pusher, run_report],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=config.beam_args)

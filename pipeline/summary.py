@@ -9,7 +9,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.models import evaluation
-from vae_pipeline.pipeline import EXAMPLE_GEN
+from vae_pipeline.components.run_report import spec as run_report
+from vae_pipeline.pipeline import EXAMPLE_GEN, RUN_REPORT
 from vae_pipeline.models import features
 
 
@@ -45,7 +46,7 @@ class RunSummary:
   label_names: Optional[List[str]] = None  # class sub-folders, in label id order
   model_dir: Optional[str] = None  # the candidate SavedModel
   pushed_dir: Optional[str] = None
-  pictures: List[str] = dataclasses.field(default_factory=list)
+  report: Optional[str] = None  # the run report's index.html
   wall_seconds: Optional[float] = None
 
   def component(self, name) -> Optional[ComponentRun]:
@@ -118,47 +119,6 @@ def _value(value: metadata_store_pb2.Value):
   return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
 
 
-def read_evaluation(evaluation_uri):
-  """(candidate metrics, baseline metrics, candidate metrics per label, validation ok,
-  failures) from the Evaluator's output."""
-  import tensorflow_model_analysis as tfma
-  candidate, baseline, per_label = {}, {}, {}
-  for metrics in tfma.load_metrics(evaluation_uri):
-    keys = metrics.slice_key.single_slice_keys
-    if keys and keys[0].column != features.LABEL_KEY:
-      continue
-    for kv in metrics.metric_keys_and_values:
-      if kv.key.is_diff:
-        continue
-      if kv.key.model_name == evaluation.BASELINE:
-        target = None if keys else baseline
-      elif keys:
-        target = per_label.setdefault(str(keys[0].int64_value), {})
-      else:
-        target = candidate
-      if target is not None:
-        target[kv.key.name] = kv.value.double_value.value
-  validation = tfma.load_validation_result(evaluation_uri)
-  failures = [failure for per_slice in validation.metric_validations_per_slice
-              for failure in per_slice.failures]
-  per_label = dict(sorted(per_label.items(), key=lambda item: int(item[0])))
-  return candidate, baseline, per_label, validation.validation_ok, failures
-
-
-def explain_failure(failure, metrics, baseline_metrics):
-  """TFMA's failure messages are often empty: say which threshold failed, with the numbers."""
-  name = failure.metric_key.name
-  value = metrics.get(name, float("nan"))
-  if failure.metric_key.is_diff:
-    base = baseline_metrics.get(name, float("nan"))
-    text = (f"{name} {value:.2f} is {value - base:+.2f} vs the latest blessed model's "
-            f"{base:.2f}; allowed: {failure.metric_threshold.change_threshold.absolute.value:+.2f}")
-  else:
-    text = (f"{name} {value:.2f} is above the bound "
-            f"{failure.metric_threshold.value_threshold.upper_bound.value:.2f}")
-  return f"{text} {failure.message}".strip()
-
-
 def summarize(metadata_path, run_id=None) -> RunSummary:
   store = open_store(metadata_path)
   run_id = run_id or latest_run_id(store)
@@ -178,9 +138,13 @@ def summarize(metadata_path, run_id=None) -> RunSummary:
   evaluator = summary.component("Evaluator")
   if evaluator and evaluator.state in ("COMPLETE", "CACHED"):
     (summary.metrics, summary.baseline_metrics, summary.label_metrics, summary.blessed,
-     failures) = read_evaluation(evaluator.outputs["evaluation"][0])
-    summary.blessing_reasons = [explain_failure(f, summary.metrics, summary.baseline_metrics)
-                                for f in failures]
+     failures) = evaluation.read_evaluation(evaluator.outputs["evaluation"][0])
+    summary.blessing_reasons = [
+        evaluation.explain_failure(f, summary.metrics, summary.baseline_metrics)
+        for f in failures]
+  report = summary.component(RUN_REPORT)
+  if report and report.state in ("COMPLETE", "CACHED"):
+    summary.report = os.path.join(report.outputs["report"][0], run_report.REPORT_FILE)
   pusher = summary.component("Pusher")
   if pusher and pusher.state in ("COMPLETE", "CACHED"):
     pushed = pusher.properties.get("pushed_model", {})
@@ -232,6 +196,6 @@ def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> 
       lines.append(f"NOT blessed ({rule}):")
       lines += [f"  {reason}" for reason in summary.blessing_reasons]
   lines.append(f"Pushed to: {summary.pushed_dir}" if summary.pushed_dir else "Not pushed.")
-  if summary.pictures:
-    lines.append("Pictures: " + ", ".join(summary.pictures))
+  if summary.report:
+    lines.append(f"Report: {summary.report}")
   return "\n".join(lines)

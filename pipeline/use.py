@@ -197,49 +197,31 @@ def interpolate(model: Model, first, second, out, steps=10, size_policy="reject"
 
 
 def latent_plot(model: Model, path, out, limit=2000, size_policy="reject"):
-  """A scatter of the images' z means coloured by label (the first two principal components
-  when the latent space has more than 2 dimensions); for a 2-D latent space also the decoded
-  manifold (a grid of z over the prior's central 90%) next to `out`. Returns the files."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  """A scatter of the images' z means coloured by label (pictures.latent_figure); for a 2-D
+  latent space also the decoded manifold (a grid of z over the prior's central 90%) next to
+  `out`. Returns the files."""
+  from vae_pipeline import pictures  # pylint: disable=import-outside-toplevel  (matplotlib)
 
   _, pixels, labels = read_labelled_images(path, model.image_shape, size_policy)
   keep = np.random.default_rng(0).permutation(len(pixels))[:limit]  # a sample, not the first
   pixels, labels = pixels[keep], [labels[i] for i in keep]
   means = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels),
                             show="encoded")[features.Z_MEAN]
-  if model.latent_dim > 2:
-    centred = means - means.mean(axis=0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    points, axes = centred @ components[:2].T, ("principal component 1", "principal component 2")
-  else:
-    points = means if model.latent_dim == 2 else np.c_[means, np.zeros(len(means))]
-    axes = ("z[0]", "z[1]")
-  figure, axis = plt.subplots(figsize=(7, 6))
-  if any(label is not None for label in labels):
-    colours = np.array([-1 if label is None else label for label in labels])
-    scatter = axis.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=6)
-    figure.colorbar(scatter, ax=axis, label="label")
-  else:
-    axis.scatter(points[:, 0], points[:, 1], s=6)
-  axis.set_xlabel(axes[0])
-  axis.set_ylabel(axes[1])
-  axis.set_title(f"{len(points):,} images encoded (z mean), latent dim {model.latent_dim}")
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  figure.savefig(out, dpi=100, bbox_inches="tight")
-  plt.close(figure)
-  written = [out]
+  written = [pictures.latent_figure(means, labels, out)]
   if model.latent_dim == 2:
-    steps = 15
-    ticks = np.array([statistics.NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, steps)],
-                     np.float32)
-    z = np.array([[x, y] for y in ticks[::-1] for x in ticks], np.float32)
-    decoded = model.call(features.DECODE_SIGNATURE,
-                         **{features.LATENT_INPUT: tf.constant(z)})[features.IMAGES]
-    manifold = os.path.splitext(out)[0] + "_manifold.png"
-    written.append(save_picture(grid(decoded, columns=steps), manifold, scale=2))
+    written.append(save_picture(manifold(model), os.path.splitext(out)[0] + "_manifold.png",
+                                scale=2))
   return written
+
+
+def manifold(model: Model, steps=15) -> Image.Image:
+  """For a 2-D latent space: images decoded from a grid of z over the prior's central 90%."""
+  ticks = np.array([statistics.NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, steps)],
+                   np.float32)
+  z = np.array([[x, y] for y in ticks[::-1] for x in ticks], np.float32)
+  decoded = model.call(features.DECODE_SIGNATURE,
+                       **{features.LATENT_INPUT: tf.constant(z)})[features.IMAGES]
+  return grid(decoded, columns=steps)
 
 
 @contextlib.contextmanager

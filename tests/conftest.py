@@ -24,3 +24,28 @@ def digits():
     images.append(tf.io.decode_png(parsed[features.IMAGE_KEY], channels=1).numpy())
     labels.append(int(parsed[features.LABEL_KEY]))
   return np.stack(images), np.array(labels)
+
+
+COLOURS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
+
+
+@pytest.fixture(scope="session")
+def rgb_run(tmp_path_factory, digits):
+  """The whole pipeline on 240 RGB 32x32 digits in three class folders (red, green, blue)."""
+  import os
+  from PIL import Image
+  from tests import image_files as files
+  from vae_pipeline import local_runner
+  from vae_pipeline.config import PipelineConfig
+  folder = tmp_path_factory.mktemp("rgb")
+  for i, image in enumerate(digits[0][:240]):
+    name = list(COLOURS)[i % 3]
+    padded = np.pad(image[..., 0], 2)[..., None] * np.array(COLOURS[name], np.uint8)  # 32x32x3
+    os.makedirs(folder / name, exist_ok=True)
+    fmt = "JPEG" if i % 2 else "PNG"
+    with open(folder / name / f"{i}.{fmt.lower()}", "wb") as f:
+      f.write(files.encode(Image.fromarray(padded), fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+  config = PipelineConfig(data=str(folder), output_dir=str(tmp_path_factory.mktemp("out")),
+                          epochs=2, batch_size=32, max_loss=10_000)
+  summary = local_runner.run(config, show_progress=False)
+  return config, summary

@@ -28,7 +28,8 @@ NUM_IMAGES = 400
 FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--learning-rate", "2e-3",
              "--max-loss", "1000"]
 ALL_COMPONENTS = {"ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
-                  "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+                  "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
+                  "RunReport"}
 CLI = os.path.join(os.path.dirname(sys.executable), "vae-pipeline")
 
 
@@ -186,14 +187,19 @@ def test_likelihood_bounds_are_ordered_per_image(served):
   assert 0 < np.mean(neg_elbo - nll_iw) < 0.2 * np.mean(neg_elbo)
 
 
-def test_run_report_has_summary_and_pictures(first_run):
+def test_run_summary_and_report(first_run):
   config, summary, stdout = first_run
   run_dir = local_runner.run_dir_of(summary, config)
-  assert f"Run report: {run_dir}" in stdout
+  assert f"Run report: {run_dir}" in stdout and f"Report: {summary.report}" in stdout
   saved = json.load(open(os.path.join(run_dir, "summary.json")))
-  assert saved["pushed_dir"] == summary.pushed_dir
+  assert saved["pushed_dir"] == summary.pushed_dir and saved["report"] == summary.report
+  # Unlabelled data, latent dim 2: the decoded manifold, no per-label chart.
+  folder = os.path.dirname(summary.report)
+  assert sorted(glob.glob(os.path.join(folder, "*.png"))) == [
+      os.path.join(folder, name) for name in ("latent.png", "manifold.png", "prior_samples.png",
+                                              "reconstructions.png", "training_curves.png")]
   for name in ("reconstructions.png", "prior_samples.png"):
-    with Image.open(os.path.join(run_dir, name)) as picture:
+    with Image.open(os.path.join(folder, name)) as picture:
       pixels = np.asarray(picture.convert("L"))
     assert pixels.shape[0] > 200 and pixels.std() > 10  # a real picture, not a blank page
 

@@ -1,0 +1,27 @@
+"""RunReport: after the Evaluator and Pusher, writes the run's HTML report and its pictures.
+
+    report = RunReport(examples=..., statistics=..., model=..., model_run=..., evaluation=...,
+                       blessing=..., pushed_model=..., loss_upper_bound=..., max_loss_increase=...)
+    report.outputs["report"]  # a folder with index.html
+"""
+from typing import Optional
+
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import Channel
+
+from vae_pipeline.components.run_report import executor
+from vae_pipeline.components.run_report.spec import RunReportArtifact, RunReportSpec
+
+
+class RunReport(base_component.BaseComponent):
+  SPEC_CLASS = RunReportSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+  def __init__(self, examples: Channel, statistics: Channel, model: Channel, model_run: Channel,
+               evaluation: Channel, blessing: Channel, loss_upper_bound: float,
+               max_loss_increase: float, pushed_model: Optional[Channel] = None):
+    super().__init__(spec=RunReportSpec(
+        examples=examples, statistics=statistics, model=model, model_run=model_run,
+        evaluation=evaluation, blessing=blessing, pushed_model=pushed_model,
+        loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
+        report=Channel(type=RunReportArtifact)))

@@ -1,0 +1,183 @@
+"""Gathers what a run produced (data, training, evaluation, blessing, push) and writes the report:
+`index.html` (page.py) and its figures (vae_pipeline.pictures), in the output artifact's folder."""
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import statistics_pb2
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from vae_pipeline import pictures
+from vae_pipeline import use
+from vae_pipeline.components.image_example_gen import executor as image_example_gen
+from vae_pipeline.components.run_report import page
+from vae_pipeline.components.run_report.spec import REPORT_FILE
+from vae_pipeline.models import evaluation as evaluation_lib
+from vae_pipeline.models import features
+
+LATENT_POINTS = 2000  # eval images encoded for the latent plot
+RECONSTRUCTED = 10
+STATISTICS_FILE = "FeatureStats.pb"  # StatisticsGen's output per split
+
+
+@dataclasses.dataclass
+class SplitStatistics:
+  name: str
+  examples: int
+  features: List[dict]  # name, type, present (fraction), summary
+
+
+@dataclasses.dataclass
+class Facts:
+  """Everything the page states, in numbers and words (figures are files beside it)."""
+  run_id: str
+  written: str  # local time the report was written
+  image_shape: tuple
+  latent_dim: int
+  inputs: Optional[int]
+  bad_inputs: Optional[int]
+  bad_inputs_file: Optional[str]
+  span: Optional[int]
+  label_names: Optional[List[str]]
+  splits: List[SplitStatistics]
+  history: dict
+  metrics: Dict[str, float]
+  baseline_metrics: Dict[str, float]
+  label_metrics: Dict[str, Dict[str, float]]
+  blessed: bool
+  blessing_reasons: List[str]
+  loss_upper_bound: float
+  max_loss_increase: float
+  pushed_dir: Optional[str]
+  model_dir: str
+  figures: Dict[str, str] = dataclasses.field(default_factory=dict)  # name -> file in the folder
+
+
+class Executor(base_executor.BaseExecutor):
+
+  def Do(self, input_dict, output_dict, exec_properties):
+    self._log_startup(input_dict, output_dict, exec_properties)
+    single = lambda key: artifact_utils.get_single_instance(input_dict[key])
+    pushed = input_dict.get("pushed_model") or []
+    run_id = (self._context.pipeline_run_id if self._context else None) or "-"
+    write_report(
+        artifact_utils.get_single_instance(output_dict["report"]).uri,
+        examples=single("examples"), statistics=single("statistics"), model=single("model"),
+        model_run=single("model_run"), evaluation=single("evaluation"),
+        blessing=single("blessing"), pushed_model=pushed[0] if pushed else None,
+        loss_upper_bound=exec_properties["loss_upper_bound"],
+        max_loss_increase=exec_properties["max_loss_increase"], run_id=run_id)
+
+
+def write_report(out_dir, examples, statistics, model, model_run, evaluation, blessing,
+                 pushed_model, loss_upper_bound, max_loss_increase, run_id) -> str:
+  """Writes index.html and its PNGs into out_dir; returns the page's path."""
+  facts = gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
+                 loss_upper_bound, max_loss_increase, run_id)
+  draw_figures(facts, examples.uri, out_dir)
+  path = os.path.join(out_dir, REPORT_FILE)
+  io_utils.write_string_file(path, page.render(facts))
+  return path
+
+
+def gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
+           loss_upper_bound, max_loss_increase, run_id) -> Facts:
+  metrics, baseline, per_label, _, failures = evaluation_lib.read_evaluation(evaluation.uri)
+  with tf.io.gfile.GFile(os.path.join(model_run.uri, features.HISTORY_FILE)) as f:
+    history = json.load(f)
+  model_dir = os.path.join(model.uri, "Format-Serving")
+  labels = examples.get_custom_property(image_example_gen.LABEL_NAMES)
+  pushed = pushed_model is not None and pushed_model.get_int_custom_property("pushed") == 1
+  return Facts(
+      run_id=run_id, written=time.strftime("%Y-%m-%d %H:%M %Z"),
+      image_shape=tuple(history.get("config", {}).get("image_shape", ())),
+      latent_dim=int(history.get("config", {}).get("latent_dim", 0)),
+      inputs=_int_property(examples, image_example_gen.INPUT_COUNT),
+      bad_inputs=_int_property(examples, image_example_gen.BAD_INPUT_COUNT),
+      bad_inputs_file=os.path.join(examples.uri, image_example_gen.BAD_INPUTS_FILE),
+      span=examples.span if examples.has_property("span") else None,
+      label_names=json.loads(labels) if labels else None,
+      splits=read_statistics(statistics),
+      history=history, metrics=metrics, baseline_metrics=baseline, label_metrics=per_label,
+      blessed=blessing.get_int_custom_property("blessed") == 1,
+      blessing_reasons=[evaluation_lib.explain_failure(f, metrics, baseline) for f in failures],
+      loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
+      pushed_dir=pushed_model.get_string_custom_property("pushed_destination") if pushed else None,
+      model_dir=model_dir)
+
+
+def _int_property(artifact, name):
+  return artifact.get_int_custom_property(name) if artifact.has_custom_property(name) else None
+
+
+def read_statistics(statistics) -> List[SplitStatistics]:
+  """Examples per split and, per feature, how often it is present and a one-line summary."""
+  splits = []
+  for split in artifact_utils.decode_split_names(statistics.split_names):
+    path = os.path.join(artifact_utils.get_split_uri([statistics], split), STATISTICS_FILE)
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    stats.ParseFromString(io_utils.read_bytes_file(path))
+    dataset = stats.datasets[0]
+    rows = []
+    for feature in dataset.features:
+      kind = feature.WhichOneof("stats")
+      if kind == "num_stats":
+        common, numbers = feature.num_stats.common_stats, feature.num_stats
+        summary = f"{numbers.min:g} to {numbers.max:g}, mean {numbers.mean:.2f}"
+      elif kind == "string_stats":
+        common = feature.string_stats.common_stats
+        summary = f"{feature.string_stats.avg_length:.0f} bytes on average"
+      else:
+        common = feature.bytes_stats.common_stats
+        summary = f"{feature.bytes_stats.avg_num_bytes:.0f} bytes on average"
+      rows.append(dict(
+          name=".".join(feature.path.step),
+          type=statistics_pb2.FeatureNameStatistics.Type.Name(feature.type),
+          present=common.num_non_missing / max(1, dataset.num_examples), summary=summary))
+    splits.append(SplitStatistics(split, int(dataset.num_examples), rows))
+  return splits
+
+
+def read_eval_examples(examples_uri, limit) -> List[bytes]:
+  """The first `limit` serialized raw examples of the eval split."""
+  files = sorted(glob.glob(os.path.join(examples_uri, "Split-eval", "*")))
+  return [r.numpy() for r in
+          tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit)]
+
+
+def labels_of(serialized) -> List[Optional[int]]:
+  parsed = tf.io.parse_example(serialized, {
+      features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)})
+  return [None if label < 0 else int(label) for label in parsed[features.LABEL_KEY].numpy()]
+
+
+def draw_figures(facts: Facts, examples_uri, out_dir):
+  """Fills facts.figures with the PNGs written into out_dir."""
+  tf.io.gfile.makedirs(out_dir)
+  model = use.Model(facts.model_dir)
+  path = lambda name: os.path.join(out_dir, name)
+  figures = facts.figures
+  figures["training_curves"] = pictures.training_curves_figure(facts.history,
+                                                               path("training_curves.png"))
+  examples = read_eval_examples(examples_uri, LATENT_POINTS)
+  figures["reconstructions"] = pictures.reconstructions_figure(
+      model.loaded, examples[::max(1, len(examples) // RECONSTRUCTED)][:RECONSTRUCTED],
+      path("reconstructions.png"))
+  figures["prior_samples"] = pictures.prior_samples_figure(model.loaded, path("prior_samples.png"))
+  means = model.on_examples(features.ENCODE_SIGNATURE, examples)[features.Z_MEAN]
+  figures["latent"] = pictures.latent_figure(means, labels_of(examples), path("latent.png"),
+                                             facts.label_names)
+  if model.latent_dim == 2:
+    figures["manifold"] = use.save_picture(use.manifold(model), path("manifold.png"), scale=2)
+  if facts.label_metrics:
+    figures["label_metrics"] = pictures.label_metrics_figure(
+        facts.label_metrics, path("label_metrics.png"), facts.label_names)
+  # The page refers to its pictures by file name: the folder can be moved or served as is.
+  facts.figures = {name: os.path.basename(file) for name, file in figures.items()}

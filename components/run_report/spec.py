@@ -1,0 +1,32 @@
+"""RunReport's inputs, parameters and output: everything a run produced that a person looks at."""
+from tfx.types import artifact, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+
+# The page inside the report artifact's folder.
+REPORT_FILE = "index.html"
+
+
+class RunReportArtifact(artifact.Artifact):
+  """A folder with `index.html` and the PNGs it shows; static, opens without a network."""
+  TYPE_NAME = "VaeRunReport"
+
+
+class RunReportSpec(ComponentSpec):
+  PARAMETERS = {
+      # The blessing rule, stated next to the numbers it compared (config.py holds the values).
+      "loss_upper_bound": ExecutionParameter(type=float),
+      "max_loss_increase": ExecutionParameter(type=float),
+  }
+  INPUTS = {
+      "examples": ChannelParameter(type=standard_artifacts.Examples),  # raw, with labels if any
+      "statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics),
+      "model": ChannelParameter(type=standard_artifacts.Model),
+      "model_run": ChannelParameter(type=standard_artifacts.ModelRun),  # history.json
+      "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+      "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+      "pushed_model": ChannelParameter(type=standard_artifacts.PushedModel, optional=True),
+  }
+  OUTPUTS = {
+      "report": ChannelParameter(type=RunReportArtifact),
+  }
