@@ -2,12 +2,14 @@
 import json
 import math
 import os
+import tempfile
 import time
 
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from vae_pipeline.models import distribute
 from vae_pipeline.models import export
 from vae_pipeline.models import features
 from vae_pipeline.models import vae as vae_lib
@@ -117,16 +119,17 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   policy = "mixed_bfloat16" if config["mixed_precision"] else None
   architecture = dict(image_shape=tuple(config["image_shape"]), latent_dim=config["latent_dim"],
                       hidden_units=config["hidden_units"], beta=config["beta"])
-  model = vae_lib.build_vae(**architecture, policy=policy)
   batch_sizes = [int(batch.shape[0]) for batch in train]  # also fills the dataset's cache
   steps = config["epochs"] * len(batch_sizes)
-  # Cosine decay to 0 over the whole run: a high rate early, fine steps at the end
-  # (measured: 112.8 -> 109.2 held-out nats from a constant 1e-3 to a decay from 3e-3).
-  schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
-  # Clipping lets the high early rate through without the occasional blow-up.
-  model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=config["clip_norm"]))
-  # Creating Adam's slots now means the train step is traced once, not twice.
-  model.optimizer.build(model.trainable_variables)
+  with distribute.strategy().scope():  # one device here; see models/distribute.py
+    model = vae_lib.build_vae(**architecture, policy=policy)
+    # Cosine decay to 0 over the whole run: a high rate early, fine steps at the end
+    # (measured: 112.8 -> 109.2 held-out nats from a constant 1e-3 to a decay from 3e-3).
+    schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
+    # Clipping lets the high early rate through without the occasional blow-up.
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=config["clip_norm"]))
+    # Creating Adam's slots now means the train step is traced once, not twice.
+    model.optimizer.build(model.trainable_variables)
   recalibration_images = recalibration_images or train
   timer = EpochTimer()  # listed before RecalibrateBeforeValidation: times training steps only
   callbacks = [StopOnNonFiniteLoss(), timer]
@@ -163,6 +166,10 @@ def run_fn(fn_args):
                                        shuffle=True, seed=config["seed"])
   model, record = train_vae(config, train, evaluation, recalibration_images,
                             log_dir=fn_args.model_run_dir)
-  export.export_serving_model(model, tft_output, config["latent_dim"], fn_args.serving_model_dir)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, features.HISTORY_FILE), "w") as f:
-    json.dump(dict(record, config=config), f)  # the settings too, for the run report
+  # Every worker of a multi-worker run must save (collective ops); only the chief's copy is kept.
+  serving_dir = (fn_args.serving_model_dir if distribute.is_chief()
+                 else tempfile.mkdtemp(prefix="non-chief-model-"))
+  export.export_serving_model(model, tft_output, config["latent_dim"], serving_dir)
+  if distribute.is_chief():
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, features.HISTORY_FILE), "w") as f:
+      json.dump(dict(record, config=config), f)  # the settings too, for the run report

@@ -144,7 +144,9 @@ class VAE(keras.Model):
   def train_step(self, images):
     with tf.GradientTape() as tape:
       rec, kl = self.losses_of(images, training=True)
-      loss = tf.reduce_mean(rec + self.beta * kl)
+      # Replicas' gradients are summed (tf.distribute): each averages over its share of the
+      # global batch. One replica: the plain batch mean.
+      loss = tf.reduce_mean(rec + self.beta * kl) / self.distribute_strategy.num_replicas_in_sync
     grads = tape.gradient(loss, self.trainable_weights)
     self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
     return self._update_trackers(rec, kl, rec + self.beta * kl)

@@ -4,12 +4,14 @@
     vae-pipeline runs | generate | reconstruct | encode | score | interpolate ...  (--help on each)
 """
 import argparse
+import json
 import sys
 import time
 
 STARTED = time.monotonic()  # first thing: the start-up time printed below includes imports
 
 import vae_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from vae_pipeline import config as config_lib
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.data import images
 from vae_pipeline.data import sources
@@ -24,12 +26,82 @@ def image_shape(text):
   return height, width, channels
 
 
-def add_run_parser(commands):
+def settings_options() -> argparse.ArgumentParser:
+  """What `run` and `compile` share: the data rules, the model, training, blessing and Beam."""
+  defaults = PipelineConfig()
+  options = argparse.ArgumentParser(add_help=False)
+  options.add_argument("--pipeline-name", default=defaults.pipeline_name)
+  options.add_argument("--image-shape", type=image_shape, default=None, metavar="HxWxC",
+                       help="shape every image is brought to (C: 1 grey or 3 RGB); "
+                            "default: the first image's")
+  options.add_argument("--size-policy", choices=images.SIZE_POLICIES,
+                       default=defaults.size_policy,
+                       help="images of another size: resize (aspect not kept), pad (fit, keep "
+                            "aspect, pad with black) or reject (a bad input)")
+  options.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
+                       help="skip unreadable inputs up to this share of all inputs (each is "
+                            "listed in the run's bad_inputs.csv); 0: any bad input stops the run")
+  options.add_argument("--image-feature", default=defaults.image_feature,
+                       help="the image feature of TFRecord sources (encoded image or raw uint8 "
+                            "pixel bytes)")
+  options.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+  options.add_argument("--latent-dim", type=int, default=defaults.latent_dim,
+                       help="size of the latent space z")
+  options.add_argument("--hidden-units", type=int, default=defaults.hidden_units,
+                       help="width of the encoder's Dense layer before the latent heads")
+  options.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="training batch")
+  options.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                       help="Adam's, at the start of a cosine decay to 0 over all epochs")
+  options.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
+  options.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seeds Python, NumPy and TensorFlow")
+  options.add_argument("--float32", dest="mixed_precision", action="store_false",
+                       default=argparse.SUPPRESS,
+                       help="train in float32 instead of mixed bfloat16 (the served model is "
+                            "float32 either way)")
+  options.add_argument("--max-loss", type=float, default=argparse.SUPPRESS,
+                       help="bless only if the eval loss (nats per image) is at most this "
+                            "(default: 0.5 x H x W x C)")
+  options.add_argument("--max-loss-increase", type=float, default=defaults.max_loss_increase,
+                       help="bless only if the eval loss is at most this much above the latest "
+                            "blessed model's")
+  options.add_argument("--beam-preset", choices=list(config_lib.BEAM_PRESETS),
+                       default=config_lib.DEFAULT_BEAM_PRESET,
+                       help="Beam arguments by name (README: Beam presets): "
+                            + "; ".join(f"{name}: {' '.join(args)}"
+                                        for name, args in config_lib.BEAM_PRESETS.items()))
+  options.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                       help="a Beam pipeline argument, repeatable, replacing the preset's "
+                            "argument of the same name (e.g. --beam-arg=--direct_num_workers=8)")
+  options.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
+                       help="re-run every component instead of reusing cached results")
+  options.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of failures")
+  return options
+
+
+def settings_of(args) -> dict:
+  """PipelineConfig's keyword arguments from the settings options."""
+  return dict(
+      pipeline_name=args.pipeline_name, image_shape=args.image_shape,
+      size_policy=args.size_policy, max_bad_fraction=args.max_bad_fraction,
+      image_feature=args.image_feature, latent_dim=args.latent_dim,
+      hidden_units=args.hidden_units, epochs=args.epochs,
+      mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
+      batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
+      seed=args.seed, max_loss=getattr(args, "max_loss", None),
+      max_loss_increase=args.max_loss_increase, enable_cache="no_cache" not in args,
+      beam_args=config_lib.beam_preset_args(args.beam_preset, args.beam_arg))
+
+
+def add_run_parser(commands, settings):
   defaults = PipelineConfig()
   run = commands.add_parser(
-      "run", help="run the pipeline locally: ingest, validate, transform, train, evaluate, push",
-      description="Runs the whole pipeline on this machine and prints a summary; the run's "
-                  "summary and pictures go to OUTPUT_DIR/runs/.",
+      "run", parents=[settings],
+      help="run the pipeline locally: ingest, validate, transform, train, evaluate, push, report",
+      description="Runs the whole pipeline on this machine and prints a summary and the path "
+                  "of the run's HTML report.",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   run.add_argument("--data", default=defaults.data,
                    help="a folder of images (class sub-folders become labels), IDX, NPZ or "
@@ -40,64 +112,16 @@ def add_run_parser(commands):
                         "an earlier run's SchemaGen output); default: infer one from the data")
   run.add_argument("--output-dir", default=defaults.output_dir,
                    help="pipeline artifacts, ML Metadata, pushed models and run reports")
-  run.add_argument("--pipeline-name", default=defaults.pipeline_name)
-  run.add_argument("--image-shape", type=image_shape, default=None, metavar="HxWxC",
-                   help="shape every image is brought to (C: 1 grey or 3 RGB); "
-                        "default: the first image's")
-  run.add_argument("--size-policy", choices=images.SIZE_POLICIES, default=defaults.size_policy,
-                   help="images of another size: resize (aspect not kept), pad (fit, keep "
-                        "aspect, pad with black) or reject (a bad input)")
-  run.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
-                   help="skip unreadable inputs up to this share of all inputs (each is "
-                        "listed in the run's bad_inputs.csv); 0: any bad input stops the run")
-  run.add_argument("--image-feature", default=defaults.image_feature,
-                   help="the image feature of TFRecord sources (encoded image or raw uint8 "
-                        "pixel bytes)")
-  run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
-  run.add_argument("--latent-dim", type=int, default=defaults.latent_dim,
-                   help="size of the latent space z")
-  run.add_argument("--hidden-units", type=int, default=defaults.hidden_units,
-                   help="width of the encoder's Dense layer before the latent heads")
-  run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch")
-  run.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                   help="Adam's, at the start of a cosine decay to 0 over all epochs")
-  run.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
-  run.add_argument("--seed", type=int, default=defaults.seed,
-                   help="seeds Python, NumPy and TensorFlow")
-  run.add_argument("--float32", dest="mixed_precision", action="store_false",
-                   default=argparse.SUPPRESS,
-                   help="train in float32 instead of mixed bfloat16 (the served model is "
-                        "float32 either way)")
-  run.add_argument("--max-loss", type=float, default=argparse.SUPPRESS,
-                   help="bless only if the eval loss (nats per image) is at most this "
-                        "(default: 0.5 x H x W x C)")
-  run.add_argument("--max-loss-increase", type=float, default=defaults.max_loss_increase,
-                   help="bless only if the eval loss is at most this much above the latest "
-                        "blessed model's")
-  run.add_argument("--beam-arg", action="append", default=argparse.SUPPRESS, metavar="ARG",
-                   help="a Beam pipeline argument, repeatable, replacing the default "
-                        f"{' '.join(defaults.beam_args)} (e.g. "
-                        "--beam-arg=--direct_running_mode=multi_processing "
-                        "--beam-arg=--direct_num_workers=8)")
-  run.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
-                   help="re-run every component instead of reusing cached results")
-  run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="show tracebacks of failures")
+  run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another run is using the same ML Metadata store, wait up to this "
+                        "long for it to finish (default: exit at once with a message)")
   run.set_defaults(handler=run_command)
 
 
 def run_command(args):
   import os
-  config = PipelineConfig(
-      pipeline_name=args.pipeline_name, output_dir=args.output_dir, data=args.data, schema=args.schema,
-      image_shape=args.image_shape, size_policy=args.size_policy,
-      max_bad_fraction=args.max_bad_fraction, image_feature=args.image_feature,
-      latent_dim=args.latent_dim, hidden_units=args.hidden_units, epochs=args.epochs,
-      mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
-      batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
-      seed=args.seed, max_loss=getattr(args, "max_loss", None), max_loss_increase=args.max_loss_increase,
-      enable_cache="no_cache" not in args,
-      **({"beam_args": args.beam_arg} if "beam_arg" in args else {}))
+  config = PipelineConfig(output_dir=args.output_dir, data=args.data, schema=args.schema,
+                          **settings_of(args))
   if config.schema and not os.path.isfile(config.schema):
     raise UserError(f"--schema {config.schema}: no such file")
   try:
@@ -110,10 +134,125 @@ def run_command(args):
   print(f"Imports and set-up: {time.monotonic() - STARTED:.1f} s", flush=True)
   print(f"Running pipeline '{config.pipeline_name}' on {config.data} ({config.source.kind}, "
         f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
-  summary = local_runner.run(config)
+  try:
+    summary = local_runner.run(config, wait_seconds=args.wait)
+  except local_runner.StoreBusyError as error:
+    raise UserError(str(error)) from None
   print()
   print(summary_lib.format_summary(summary, config.loss_upper_bound, config.max_loss_increase))
   print(f"Run report: {local_runner.run_dir_of(summary, config)}")
+  return 0
+
+
+def add_cluster_parsers(commands, settings):
+  """compile (no cluster needed), submit and schedule: Kubeflow Pipelines v2 and Vertex AI."""
+  from vae_pipeline import kubeflow_runner as kfp_lib  # light: TFX loads when compiling
+  compile_ = commands.add_parser(
+      "compile", parents=[settings],
+      help="write the pipeline for Kubeflow Pipelines (YAML) and Vertex AI (JSON)",
+      description="Compiles the same pipeline with TFX's KubeflowV2DagRunner into "
+                  f"OUTPUT_DIR/{kfp_lib.PIPELINE_SPEC_FILE} (a PipelineSpec, for KFP) and "
+                  f"OUTPUT_DIR/{kfp_lib.PIPELINE_JOB_FILE} (a PipelineJob, for Vertex AI). "
+                  "Needs no cluster and no credentials. Paths must be gs:// or s3:// URIs.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  compile_.add_argument("--output-dir", default="kubeflow", help="where the two files go")
+  compile_.add_argument("--pipeline-root", required=True, metavar="URI",
+                        help="artifacts of every run (gs://bucket/path)")
+  compile_.add_argument("--data", required=True, metavar="URI",
+                        help="the image source ExampleGen reads; runtime parameter "
+                             f"'{kfp_lib.DATA_ROOT_PARAMETER}' (change it per run)")
+  compile_.add_argument("--data-pattern", default="*",
+                        help="files under --data: '*' (files), '*/*' (class folders), "
+                             "'span-{SPAN}/*' (a folder per span: each run reads the latest)")
+  compile_.add_argument("--serving-dir", default=None, metavar="URI",
+                        help="where blessed models are pushed; default PIPELINE_ROOT/serving")
+  compile_.add_argument("--image", default=kfp_lib.DEFAULT_IMAGE,
+                        help="the pipeline image every step runs in (see the Dockerfile)")
+  compile_.set_defaults(handler=compile_command)
+
+  target = argparse.ArgumentParser(add_help=False)
+  target.add_argument("--vertex", action="store_true",
+                      help="Vertex AI (the compiled JSON) instead of a KFP endpoint")
+  target.add_argument("--host", default=None,
+                      help="KFP API endpoint (default: kfp's in-cluster or configured host)")
+  target.add_argument("--experiment", default="vae-pipeline", help="KFP experiment")
+  target.add_argument("--project", default=None, help="Vertex AI: Google Cloud project")
+  target.add_argument("--location", default=None, help="Vertex AI: region, e.g. europe-west4")
+  target.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help=f"a runtime parameter, e.g. {kfp_lib.DATA_ROOT_PARAMETER}=gs://b/new")
+  target.add_argument("--compiled", default="kubeflow",
+                      help="the folder `compile` wrote")
+  submit = commands.add_parser("submit", parents=[target], help="start one run of the compiled "
+                               "pipeline on Kubeflow Pipelines or Vertex AI")
+  submit.set_defaults(handler=cluster_command)
+  schedule = commands.add_parser(
+      "schedule", parents=[target],
+      help="a recurring run of the compiled pipeline (retraining on a schedule)",
+      description="KFP: create_recurring_run with a 6-field cron (seconds first; a 5-field one "
+                  "gets 0 seconds), one run at a time, missed runs not caught up. Vertex AI: "
+                  "PipelineJob.create_schedule with a 5-field cron.")
+  schedule.add_argument("--cron", required=True,
+                        help="e.g. '0 0 3 * * *' (KFP) or '0 3 * * *': 03:00 every day")
+  schedule.add_argument("--name", default="vae-retraining", help="the schedule's name")
+  schedule.add_argument("--catchup", action="store_true",
+                        help="KFP: run the missed runs after a pause")
+  schedule.set_defaults(handler=cluster_command)
+
+
+def compile_command(args):
+  from vae_pipeline import kubeflow_runner as kfp_lib
+  settings = settings_of(args)
+  if not settings["image_shape"]:
+    raise UserError("--image-shape HxWxC is needed: the cluster's data is not read when "
+                    "compiling")
+  config = kfp_lib.cluster_config(args.pipeline_root, args.data, serving_dir=args.serving_dir,
+                                  data_pattern=args.data_pattern, **settings)
+  paths = kfp_lib.compile_pipeline(config, args.output_dir, image=args.image)
+  height, width, channels = config.image_shape
+  print(f"Pipeline '{config.pipeline_name}' ({height}x{width}x{channels} images, image "
+        f"{args.image}) compiled:\n  {paths['spec']}  (Kubeflow Pipelines)\n  {paths['job']}  "
+        "(Vertex AI)")
+  return 0
+
+
+def cluster_command(args):
+  import os
+  from vae_pipeline import kubeflow_runner as kfp_lib
+  parameters = {}
+  for item in args.param:
+    name, equals, value = item.partition("=")
+    if not equals:
+      raise UserError(f"--param {item!r}: expected NAME=VALUE")
+    parameters[name] = value
+  spec = os.path.join(args.compiled, kfp_lib.PIPELINE_SPEC_FILE)
+  job_file = os.path.join(args.compiled, kfp_lib.PIPELINE_JOB_FILE)
+  if not os.path.isfile(spec if not args.vertex else job_file):
+    raise UserError(f"--compiled {args.compiled}: no compiled pipeline there (run "
+                    "`vae-pipeline compile` first)")
+  scheduling = args.command == "schedule"
+  if scheduling:  # check the expression before talking to any service
+    (kfp_lib.vertex_cron if args.vertex else kfp_lib.kfp_cron)(args.cron)
+  if args.vertex:
+    with open(job_file) as f:
+      pipeline_root = json.load(f)["runtimeConfig"]["gcsOutputDirectory"]
+    job = kfp_lib.vertex_job(job_file, pipeline_root, parameters, args.project, args.location)
+    if scheduling:
+      made = kfp_lib.schedule_on_vertex(job, args.name, args.cron)
+      print(f"Vertex AI schedule {made.resource_name} (cron {kfp_lib.vertex_cron(args.cron)})")
+    else:
+      job.submit()
+      print(f"Vertex AI run: {job.resource_name}")
+    return 0
+  import kfp  # pylint: disable=import-outside-toplevel
+  client = kfp.Client(host=args.host)
+  if scheduling:
+    made = kfp_lib.schedule_on_kfp(client, spec, args.name, args.experiment, args.cron,
+                                   parameters, catchup=args.catchup)
+    print(f"KFP recurring run {made.recurring_run_id} (cron {kfp_lib.kfp_cron(args.cron)}, "
+          "one at a time)")
+  else:
+    made = kfp_lib.submit_to_kfp(client, spec, None, args.experiment, parameters)
+    print(f"KFP run {made.run_id}")
   return 0
 
 
@@ -224,7 +363,9 @@ def main(argv=None):
       prog="vae-pipeline",
       description="Train, evaluate and push a convolutional VAE with TFX.")
   commands = parser.add_subparsers(dest="command", required=True)
-  add_run_parser(commands)
+  settings = settings_options()
+  add_run_parser(commands, settings)
+  add_cluster_parsers(commands, settings)
   add_runs_parser(commands)
   add_model_commands(commands)
   args = parser.parse_args(argv)

@@ -97,6 +97,7 @@ def run_artifacts(metadata_path, run_id):
   return artifacts
 
 
+@pytest.mark.e2e
 def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   config, summary = rgb_run
   assert summary.report and os.path.isfile(summary.report)
@@ -118,6 +119,7 @@ def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   assert "Split train" in text and "Split eval" in text
 
 
+@pytest.mark.e2e
 def test_executor_on_the_runs_artifacts(rgb_run, tmp_path):
   """The executor alone, on the real artifacts the run recorded: the same page, any folder."""
   config, summary = rgb_run
@@ -159,6 +161,7 @@ def browse(page_path, tmp_path, *args):
   return result.stdout
 
 
+@pytest.mark.e2e
 def test_report_in_headless_chromium_loads_every_image(rgb_run, tmp_path):
   config, summary = rgb_run
   report = tmp_path / "report"

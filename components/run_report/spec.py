@@ -9,7 +9,8 @@ REPORT_FILE = "index.html"
 
 class RunReportArtifact(artifact.Artifact):
   """A folder with `index.html` and the PNGs it shows; static, opens without a network."""
-  TYPE_NAME = "VaeRunReport"
+  # `namespace.Name`: the form Kubeflow V2 accepts as the schema title of a custom type.
+  TYPE_NAME = "vae_pipeline.RunReport"
 
 
 class RunReportSpec(ComponentSpec):

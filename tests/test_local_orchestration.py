@@ -1,0 +1,120 @@
+"""Running locally beyond the basics: one run per ML Metadata store (the lock), Beam presets
+(DirectRunner multi-processing end to end), and the tf.distribute strategy the Trainer picks."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from vae_pipeline import config as config_lib
+from vae_pipeline import local_runner
+from vae_pipeline.config import PipelineConfig
+from vae_pipeline.models import distribute
+
+CLI = os.path.join(os.path.dirname(sys.executable), "vae-pipeline")
+
+
+def test_a_second_run_on_the_same_store_exits_with_a_clear_message(tmp_path):
+  config = PipelineConfig(output_dir=str(tmp_path))
+  with local_runner.store_lock(config.metadata_path):
+    started = time.monotonic()
+    result = subprocess.run([CLI, "run", "--output-dir", str(tmp_path), "--wait", "2"],
+                            capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert f"another run is using {config.metadata_path} (pid {os.getpid()}" in result.stderr
+  assert "--wait SECONDS" in result.stderr and "Traceback" not in result.stderr
+  assert time.monotonic() - started >= 2  # it did wait
+  assert not os.path.exists(config.pipeline_root)  # nothing ran
+
+
+def test_the_lock_waits_for_the_holder_and_is_never_left_stale(tmp_path):
+  path = str(tmp_path / "store" / "metadata.sqlite")
+  released = threading.Event()
+
+  def hold():
+    with local_runner.store_lock(path):
+      time.sleep(1.0)
+    released.set()
+
+  holder = threading.Thread(target=hold)
+  holder.start()
+  time.sleep(0.2)
+  with pytest.raises(local_runner.StoreBusyError):
+    with local_runner.store_lock(path):
+      pass
+  with local_runner.store_lock(path, wait_seconds=30):
+    assert released.is_set()  # got it once the holder let go
+  holder.join()
+  # A killed holder's lock goes with it.
+  killed = subprocess.Popen([sys.executable, "-c", (
+      "import time; from vae_pipeline import local_runner\n"
+      f"with local_runner.store_lock({path!r}):\n  print('held', flush=True); time.sleep(60)")],
+      stdout=subprocess.PIPE, text=True)
+  assert killed.stdout.readline().strip() == "held"
+  killed.kill()
+  killed.wait()
+  with local_runner.store_lock(path):
+    pass
+
+
+def test_beam_presets_merge_and_name_what_they_need():
+  assert config_lib.beam_preset_args() == ["--direct_running_mode=in_memory",
+                                           "--direct_num_workers=1"]
+  assert config_lib.beam_preset_args("multi-processing", ["--direct_num_workers=8"]) == [
+      "--direct_running_mode=multi_processing", "--direct_num_workers=8"]
+  with pytest.raises(ValueError, match="--beam-arg=--project=VALUE.*--beam-arg=--region=VALUE"):
+    config_lib.beam_preset_args("dataflow", ["--temp_location=gs://b/tmp",
+                                             "--sdk_container_image=img"])
+  dataflow = config_lib.beam_preset_args("dataflow", [
+      "--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp",
+      "--sdk_container_image=europe-docker.pkg.dev/p/ml/vae-pipeline:0.1.0"])
+  assert "--runner=DataflowRunner" in dataflow and "--project=p" in dataflow
+  for preset in ("flink", "spark"):
+    args = config_lib.beam_preset_args(preset, ["--job_endpoint=localhost:8099",
+                                                "--environment_config=img"])
+    assert "--runner=PortableRunner" in args
+  with pytest.raises(ValueError, match="unknown Beam preset"):
+    config_lib.beam_preset_args("local")
+
+
+@pytest.mark.e2e
+def test_example_gen_with_direct_runner_multi_processing(tmp_path, digits):
+  """ExampleGen (Beam) with a worker process per core gives the same examples as in-process."""
+  import glob
+  from PIL import Image
+  from tests import image_files as files
+  for i in range(60):
+    folder = tmp_path / "data" / str(int(digits[1][i]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{i}.png").write_bytes(files.encode(Image.fromarray(digits[0][i, ..., 0])))
+  counts = {}
+  for preset in ("multi-processing", "in-process"):
+    config = PipelineConfig(data=str(tmp_path / "data"), output_dir=str(tmp_path / preset),
+                            beam_args=config_lib.beam_preset_args(preset))
+    run = local_runner.run_example_gen(config)
+    assert run.state == "COMPLETE"
+    records = glob.glob(os.path.join(run.outputs["examples"][0], "Split-*", "*"))
+    import tensorflow as tf
+    counts[preset] = sum(1 for _ in tf.data.TFRecordDataset(records, compression_type="GZIP"))
+  assert counts == {"multi-processing": 60, "in-process": 60}
+
+
+def test_strategy_is_chosen_from_the_environment():
+  workers = json.dumps({"cluster": {"worker": ["w0:2222", "w1:2222"]},
+                        "task": {"type": "worker", "index": 1}})
+  chief = json.dumps({"cluster": {"chief": ["c:2222"], "worker": ["w0:2222"]},
+                      "task": {"type": "chief", "index": 0}})
+  one = json.dumps({"cluster": {"worker": ["w0:2222"]}, "task": {"type": "worker", "index": 0}})
+  assert distribute.strategy_name(workers, gpus=0) == distribute.MULTI_WORKER
+  assert distribute.strategy_name(chief, gpus=1) == distribute.MULTI_WORKER
+  assert distribute.strategy_name(one, gpus=0) == distribute.DEFAULT
+  assert distribute.strategy_name("", gpus=4) == distribute.MIRRORED
+  assert distribute.strategy_name("", gpus=1) == distribute.DEFAULT
+  assert distribute.is_chief(chief) and distribute.is_chief("") and distribute.is_chief(one)
+  assert not distribute.is_chief(workers)
+  # This machine: no TF_CONFIG, no GPU -> the default strategy, one replica.
+  assert "TF_CONFIG" not in os.environ
+  assert distribute.strategy().num_replicas_in_sync == 1
