@@ -92,6 +92,10 @@ class PipelineConfig:
   max_loss: Optional[float] = None
   max_loss_increase: float = 0.0
 
+  # Train on the newest N spans (span-N folders), each span's newest ingestion; evaluate on the
+  # newest span's eval split. 1: the newest span only. Local runs only (see span_window.py).
+  span_window: int = 1
+
   # Split of the input into train and eval (hash buckets, so deterministic).
   train_buckets: int = 4
   eval_buckets: int = 1
@@ -118,7 +122,7 @@ class PipelineConfig:
     if not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
       raise ValueError(f"pipeline name {self.pipeline_name!r} must match "
                        f"{PIPELINE_NAME_PATTERN.pattern} (a Kubeflow requirement)")
-    for name in ("latent_dim", "hidden_units", "epochs", "batch_size"):
+    for name in ("latent_dim", "hidden_units", "epochs", "batch_size", "span_window"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
     if self.learning_rate <= 0:

@@ -38,6 +38,9 @@ def cluster_config(pipeline_root, data, image_shape: Tuple[int, int, int], servi
   data_pattern: the files under `data` that ExampleGen reads, e.g. `*` (files), `*/*` (class
   folders) or `span-{SPAN}/*` (a new span folder per retraining, the latest one is read).
   """
+  if settings.get("span_window", 1) > 1:
+    raise ValueError("--span-window: TFX's Kubeflow V2 compiler supports only the latest-"
+                     "artifact and latest-blessed-model resolvers; windows run locally")
   pipeline_root = check_cloud_uri("--pipeline-root", pipeline_root)
   data = check_cloud_uri("--data", data)
   serving_dir = check_cloud_uri("--serving-dir", serving_dir or f"{pipeline_root}/serving")

@@ -15,6 +15,7 @@ from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
 from vae_pipeline.components.image_example_gen.component import ImageExampleGen
 from vae_pipeline.components.run_report.component import RunReport
 from vae_pipeline.config import PipelineConfig
+from vae_pipeline.span_window import LatestSpansStrategy
 from vae_pipeline.models import evaluation
 
 # Entry points, by dotted path: TFX's module_file= would pip-install a wheel at run time.
@@ -58,9 +59,19 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
+  # Train on this span, or on the newest `span_window` spans (each span's newest ingestion).
+  training_examples = example_gen.outputs["examples"]
+  if config.span_window > 1:
+    latest_spans = Resolver(
+        strategy_class=LatestSpansStrategy, config={"num_spans": config.span_window},
+        examples=Channel(type=standard_artifacts.Examples),  # every run's, not just this one's
+    ).with_id("latest_spans_resolver")
+    latest_spans.add_upstream_node(example_gen)  # this run's span is one of them
+    training_examples = latest_spans.outputs["examples"]
+
   # Normalize: PNG -> float32 [H, W, C] in [0, 1].
   transform = Transform(
-      examples=example_gen.outputs["examples"],
+      examples=training_examples,
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
       custom_config=config.transform_config())
@@ -110,8 +121,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
   return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                  transform, trainer, latest_blessed_model, evaluator, pusher, run_report],
+      components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate]
+      + ([latest_spans] if config.span_window > 1 else [])
+      + [transform, trainer, latest_blessed_model, evaluator, pusher, run_report],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=config.beam_args)

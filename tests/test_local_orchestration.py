@@ -118,3 +118,26 @@ def test_strategy_is_chosen_from_the_environment():
   # This machine: no TF_CONFIG, no GPU -> the default strategy, one replica.
   assert "TF_CONFIG" not in os.environ
   assert distribute.strategy().num_replicas_in_sync == 1
+
+
+def test_span_window_keeps_the_newest_ingestion_of_each_of_the_newest_spans():
+  from tfx.types import standard_artifacts
+  from vae_pipeline.span_window import LatestSpansStrategy
+
+  def examples(artifact_id, span=None, version=0):
+    artifact = standard_artifacts.Examples()
+    artifact.id = artifact_id
+    if span is not None:  # Transform's output (also Examples) has no span
+      artifact.set_int_custom_property("span", span)
+      artifact.set_int_custom_property("version", version)
+    return artifact
+
+  given = [examples(1, 1), examples(2), examples(3, 2), examples(4, 3), examples(5, 2),
+           examples(6, 3, version=1), examples(7, 3, version=0)]
+  resolved = LatestSpansStrategy(num_spans=2).resolve_artifacts(None, {"examples": given})
+  # Span 3: version 1 beats the later-id version 0; span 2: the later ingestion (id 5).
+  assert [a.id for a in resolved["examples"]] == [6, 5]
+  assert [a.id for a in LatestSpansStrategy(num_spans=5).resolve_artifacts(
+      None, {"examples": given})["examples"]] == [6, 5, 1]
+  assert LatestSpansStrategy(num_spans=1).resolve_artifacts(None, {"examples": [examples(2)]}) \
+      is None
