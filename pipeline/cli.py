@@ -121,16 +121,34 @@ def add_run_parser(commands, settings):
   run.set_defaults(handler=run_command)
 
 
-def run_command(args):
+def run_config(args) -> PipelineConfig:
+  """The resolved PipelineConfig of `run`'s options (also what the Airflow DAG runs)."""
   import os
   config = PipelineConfig(output_dir=args.output_dir, data=args.data, schema=args.schema,
                           **settings_of(args))
   if config.schema and not os.path.isfile(config.schema):
     raise UserError(f"--schema {config.schema}: no such file")
   try:
-    config = config.resolved()
+    return config.resolved()
   except sources.SourceError as error:
     raise UserError(f"--data: {error}") from None
+
+
+def parse(argv):
+  parser = argparse.ArgumentParser(
+      prog="vae-pipeline",
+      description="Train, evaluate and push a convolutional VAE with TFX.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  settings = settings_options()
+  add_run_parser(commands, settings)
+  add_cluster_parsers(commands, settings)
+  add_runs_parser(commands)
+  add_model_commands(commands)
+  return parser.parse_args(argv)
+
+
+def run_command(args):
+  config = run_config(args)
   from vae_pipeline import local_runner  # TensorFlow, TFX: seconds to import
   from vae_pipeline import summary as summary_lib
   height, width, channels = config.image_shape
@@ -362,16 +380,7 @@ class UserError(Exception):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="vae-pipeline",
-      description="Train, evaluate and push a convolutional VAE with TFX.")
-  commands = parser.add_subparsers(dest="command", required=True)
-  settings = settings_options()
-  add_run_parser(commands, settings)
-  add_cluster_parsers(commands, settings)
-  add_runs_parser(commands)
-  add_model_commands(commands)
-  args = parser.parse_args(argv)
+  args = parse(argv)
   try:
     return args.handler(args)
   except (UserError, ValueError) as error:
