@@ -15,8 +15,10 @@ A folder whose children are `span-<N>` folders holds data over time: the latest 
 Hidden files and folders (names starting with '.') are not part of a dataset. Every other file is:
 one that cannot be read becomes a BadInput with its reason, never silently dropped.
 """
+import contextlib
 import dataclasses
 import gzip
+import io
 import os
 import re
 import zipfile
@@ -24,6 +26,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from vae_pipeline.data import fs
 from vae_pipeline.data import images
 
 KINDS = ("images", "idx", "npz", "tfrecord")
@@ -60,12 +63,21 @@ class Unit:
 # ----------------------------------------------------------------------------- recognizing
 
 
+@contextlib.contextmanager
 def _open(path):
-  return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+  """The file's bytes, gunzipped when it is gzip."""
+  with fs.open_binary(path) as raw:
+    gzipped = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    if not gzipped:
+      yield raw
+      return
+    with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+      yield unzipped
 
 
 def _is_gzip(path):
-  with open(path, "rb") as f:
+  with fs.open_binary(path) as f:
     return f.read(2) == b"\x1f\x8b"
 
 
@@ -116,13 +128,13 @@ _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\
 def file_kind(path) -> Optional[str]:
   """`idx`, `npz` or `tfrecord` by content; None for anything else (images, other files)."""
   try:
-    with open(path, "rb") as f:
+    with fs.open_binary(path) as f:
       raw = f.read(16)
   except OSError:
     return None  # unreadable files are reported when read
   if raw.startswith(_IMAGE_MAGIC) or (raw[:4] == b"RIFF" and raw[8:12] == b"WEBP"):
     return None
-  if raw.startswith(b"PK") and zipfile.is_zipfile(path):
+  if raw.startswith(b"PK") and _is_zip(path):
     return "npz"
   head = _head(path) if raw.startswith(b"\x1f\x8b") else raw
   if idx_header(head):
@@ -132,20 +144,33 @@ def file_kind(path) -> Optional[str]:
   return None
 
 
+def _is_zip(path):
+  with fs.open_binary(path) as f:
+    return zipfile.is_zipfile(f)
+
+
+def _load_npz(path):
+  """np.load without pickle; a URI's bytes are read first (a member is decompressed whole anyway)."""
+  if not fs.is_uri(path):
+    return np.load(path, allow_pickle=False)
+  with fs.open_binary(path) as f:
+    return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
 def list_files(root) -> List[str]:
   """Every non-hidden file below `root` (or `root` itself), sorted."""
-  if os.path.isfile(root):
+  if fs.isfile(root):
     return [root]
   found = []
-  for folder, subfolders, files in os.walk(root):
+  for folder, subfolders, files in fs.walk(root):
     subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
     found += [os.path.join(folder, f) for f in sorted(files) if not f.startswith(".")]
   return found
 
 
 def latest_span(folder) -> Optional[str]:
-  spans = [(int(m.group(1)), name) for name in os.listdir(folder)
-           if (m := SPAN_FOLDER.fullmatch(name)) and os.path.isdir(os.path.join(folder, name))]
+  spans = [(int(m.group(1)), name) for name in fs.listdir(folder)
+           if (m := SPAN_FOLDER.fullmatch(name)) and fs.isdir(os.path.join(folder, name))]
   return max(spans)[1] if spans else None
 
 
@@ -175,11 +200,11 @@ def resolve(data: str) -> Source:
   """Recognizes the kind of `data` (a path or a dataset name) from its content."""
   if data in DATASETS:
     data = fetch_dataset(data)
-  if not os.path.exists(data):
+  if not fs.exists(data):
     raise SourceError(f"{data}: no such file or folder (nor a dataset name: "
                       f"{', '.join(DATASETS)})")
-  data = os.path.abspath(data)
-  if os.path.isfile(data):
+  data = fs.abspath(data)
+  if fs.isfile(data):
     input_base, pattern, root = os.path.dirname(data), os.path.basename(data), data
   else:
     input_base, pattern, root = data, "", data
@@ -190,9 +215,9 @@ def resolve(data: str) -> Source:
   if not files:
     raise SourceError(f"{root}: no files to read (empty folder)")
   kind, _ = source_kind(root, files)
-  if os.path.isdir(root):
+  if fs.isdir(root):
     # Deep enough for ExampleGen's fingerprint to see every file (caching), e.g. class/file.png.
-    depth = max(os.path.relpath(f, root).count(os.sep) for f in files) + 1
+    depth = max(fs.relative(f, root).count("/") for f in files) + 1
     pattern += "/".join(["*"] * depth)
   return Source(kind, input_base, pattern, natural_shape=natural_shape(root))
 
@@ -213,10 +238,10 @@ def pattern_root(input_base, pattern):
 
 def class_names(root, files) -> Optional[List[str]]:
   """Sorted first-level folder names when every file is inside one, else None (no labels)."""
-  if os.path.isfile(root):
+  if fs.isfile(root):
     return None
-  first = {os.path.relpath(f, root).split(os.sep)[0] for f in files}
-  if any(os.sep not in os.path.relpath(f, root) for f in files):
+  first = {fs.relative(f, root).split("/")[0] for f in files}
+  if any("/" not in fs.relative(f, root) for f in files):
     return None
   return sorted(first)
 
@@ -244,7 +269,7 @@ def plan_root(root) -> Tuple[str, List[Unit], Optional[List[str]]]:
   if kind == "images":
     names = class_names(root, files)
     label_of = {name: i for i, name in enumerate(names or [])}
-    return kind, [Unit("images", f, label=label_of.get(os.path.relpath(f, root).split(os.sep)[0])
+    return kind, [Unit("images", f, label=label_of.get(fs.relative(f, root).split("/")[0])
                        if names else None) for f in files], names
   if kind == "idx":
     return kind, _plan_idx(files), None
@@ -299,7 +324,7 @@ def _plan_idx(files):
 
 def _npz_arrays(path):
   """(images key, labels key or None) pairs of a keras.datasets-style or single-array NPZ."""
-  with np.load(path, allow_pickle=False) as archive:
+  with _load_npz(path) as archive:
     keys = list(archive.keys())
   pairs = [(x, "y" + x[1:] if "y" + x[1:] in keys else None)
            for x in keys if x.startswith("x_")]
@@ -314,7 +339,7 @@ def _npz_arrays(path):
 def _plan_npz(path):
   try:
     pairs = _npz_arrays(path)
-    with np.load(path, allow_pickle=False) as archive:
+    with _load_npz(path) as archive:
       counts = {key: archive[key].shape[0] for pair in pairs for key in pair if key}
   except SourceError:
     raise
@@ -338,7 +363,7 @@ def read(unit: Unit, image_feature: str = "image") -> Iterator[Tuple[str, object
   array, or a BadInput (the item could not be read)."""
   if unit.kind == "images":
     try:
-      with open(unit.path, "rb") as f:
+      with fs.open_binary(unit.path) as f:
         payload = f.read()
     except OSError as error:
       payload = images.BadInput(f"cannot read: {error.strerror or error}")
@@ -370,7 +395,7 @@ def _read_idx(unit):
 
 
 def _read_npz(unit):
-  with np.load(unit.path, allow_pickle=False) as archive:
+  with _load_npz(unit.path) as archive:
     array = archive[unit.key]
     labels = archive[unit.labels_key] if unit.labels_key else None
   scale = 1.0

@@ -106,6 +106,11 @@ class PipelineConfig:
   # Filled by `resolved()`: what ExampleGen reads.
   source: Optional[sources.Source] = None
 
+  # TFX's Kubeflow V2 compiler knows only its two built-in resolver strategies: with this set,
+  # the baseline may be the candidate itself (a cached re-run evaluates once more) and span
+  # windows are refused (pipeline/resolvers.py).
+  builtin_resolvers_only: bool = False
+
   # Where artifacts and pushed models go when not under output_dir: a cluster's bucket
   # (gs://, s3://; see kubeflow_runner.py).
   pipeline_root_uri: Optional[str] = None

@@ -38,9 +38,6 @@ def cluster_config(pipeline_root, data, image_shape: Tuple[int, int, int], servi
   data_pattern: the files under `data` that ExampleGen reads, e.g. `*` (files), `*/*` (class
   folders) or `span-{SPAN}/*` (a new span folder per retraining, the latest one is read).
   """
-  if settings.get("span_window", 1) > 1:
-    raise ValueError("--span-window: TFX's Kubeflow V2 compiler supports only the latest-"
-                     "artifact and latest-blessed-model resolvers; windows run locally")
   pipeline_root = check_cloud_uri("--pipeline-root", pipeline_root)
   data = check_cloud_uri("--data", data)
   serving_dir = check_cloud_uri("--serving-dir", serving_dir or f"{pipeline_root}/serving")
@@ -49,6 +46,7 @@ def cluster_config(pipeline_root, data, image_shape: Tuple[int, int, int], servi
                           natural_shape=None)
   return PipelineConfig(data=data, image_shape=image_shape, source=source,
                         pipeline_root_uri=pipeline_root, serving_uri=serving_dir,
+                        builtin_resolvers_only=True,
                         # The default in-process Beam: each component is its own pod.
                         **settings).resolved()
 

@@ -15,7 +15,7 @@ from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
 from vae_pipeline.components.image_example_gen.component import ImageExampleGen
 from vae_pipeline.components.run_report.component import RunReport
 from vae_pipeline.config import PipelineConfig
-from vae_pipeline.span_window import LatestSpansStrategy
+from vae_pipeline.resolvers import LatestOtherBlessedModelStrategy, LatestSpansStrategy
 from vae_pipeline.models import evaluation
 
 # Entry points, by dotted path: TFX's module_file= would pip-install a wheel at run time.
@@ -26,6 +26,7 @@ RUN_FN = "vae_pipeline.models.trainer.run_fn"
 EXAMPLE_GEN = "ExampleGen"
 SCHEMA_GEN = "SchemaGen"
 RUN_REPORT = "RunReport"
+BASELINE_RESOLVER = "latest_blessed_model_resolver"
 
 
 def create_example_gen(config: PipelineConfig) -> ImageExampleGen:
@@ -62,6 +63,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
   # Train on this span, or on the newest `span_window` spans (each span's newest ingestion).
   training_examples = example_gen.outputs["examples"]
   if config.span_window > 1:
+    if config.builtin_resolvers_only:
+      raise ValueError("--span-window needs a custom resolver, which TFX's Kubeflow V2 compiler "
+                       "does not support; windows run locally and on Airflow")
     latest_spans = Resolver(
         strategy_class=LatestSpansStrategy, config={"num_spans": config.span_window},
         examples=Channel(type=standard_artifacts.Examples),  # every run's, not just this one's
@@ -86,12 +90,21 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
       custom_config=config.trainer_config())
 
-  # Compare with the latest blessed model (none on the first run).
-  latest_blessed_model = Resolver(
-      strategy_class=LatestBlessedModelStrategy,
-      model=Channel(type=standard_artifacts.Model),
-      model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-  ).with_id("latest_blessed_model_resolver")
+  # Compare with the latest blessed model (none on the first run), never with the candidate itself:
+  # a re-run whose Trainer was cached then finds the Evaluator cached too.
+  if config.builtin_resolvers_only:
+    latest_blessed_model = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id(BASELINE_RESOLVER)
+  else:
+    latest_blessed_model = Resolver(
+        strategy_class=LatestOtherBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+        candidate=trainer.outputs["model"],
+    ).with_id(BASELINE_RESOLVER)
 
   # The serving signature reads raw examples, so the Evaluator gets ExampleGen's eval split.
   evaluator = Evaluator(

@@ -189,7 +189,7 @@ def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> 
             "latest blessed model")
     lines.append("")
     if summary.blessed:
-      against = ("no blessed model yet" if not summary.baseline_metrics else
+      against = ("no other blessed model to compare with" if not summary.baseline_metrics else
                  f"change {loss - summary.baseline_metrics[features.LOSS]:+.2f}")
       lines.append(f"Blessed: loss {loss:.2f} passes ({rule}; {against}).")
     else:

@@ -4,6 +4,7 @@ import csv
 import ctypes
 import glob
 import gzip
+import io
 import os
 import re
 import subprocess
@@ -166,6 +167,39 @@ def test_the_latest_span_is_read_and_older_spans_stay_readable(tmp_path, ten_dig
   assert len(read_examples(first.outputs["examples"][0])) == 3  # span 1's examples are still there
   assert first.properties["examples"]["span"] == 1
   assert second.properties["examples"]["span"] == 2
+
+
+def test_a_source_on_another_file_system_is_read_through_tensorflow(tmp_path, ten_digits):
+  """A cluster's data lives at gs://...: the same code path, shown with TensorFlow's in-memory
+  ram:// file system. Spans, class folders, NPZ and a bad input, and nothing on local disk."""
+  images, labels = ten_digits
+  root = f"ram://{tmp_path.name}/digits"
+
+  def put(path, data):
+    tf.io.gfile.makedirs(os.path.dirname(path))  # ram:// lists only folders made as such
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(data)
+
+  png = lambda i: files.encode(Image.fromarray(images[i, ..., 0]))
+  for i in range(6):
+    put(f"{root}/span-1/{labels[i]}/{i}.png", png(i))
+  put(f"{root}/span-2/{labels[0]}/truncated.png", png(0)[:40])
+  for i in range(6, 10):
+    put(f"{root}/span-2/{labels[i]}/{i}.png", png(i))
+  source = sources.resolve(root)
+  assert (source.input_base, source.pattern, source.kind) == (root, "span-{SPAN}/*/*", "images")
+  examples, run = run_example_gen(root, tmp_path, max_bad_fraction=0.5)
+  assert run.properties["examples"]["span"] == 2
+  names = sorted({str(labels[0])} | {str(label) for label in labels[6:10]})
+  assert sorted(label for _, label in examples) == sorted(
+      names.index(str(label)) for label in labels[6:10])
+  assert list(bad_inputs(run)) == [f"{root}/span-2/{labels[0]}/truncated.png"]
+  buffer = io.BytesIO()
+  np.savez(buffer, x_train=images[:4], y_train=labels[:4])
+  npz = f"ram://{tmp_path.name}/arrays/digits.npz"
+  put(npz, buffer.getvalue())
+  examples, _ = run_example_gen(npz, tmp_path / "npz")
+  assert sorted(label for _, label in examples) == sorted(labels[:4])
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -122,7 +122,7 @@ def test_strategy_is_chosen_from_the_environment():
 
 def test_span_window_keeps_the_newest_ingestion_of_each_of_the_newest_spans():
   from tfx.types import standard_artifacts
-  from vae_pipeline.span_window import LatestSpansStrategy
+  from vae_pipeline.resolvers import LatestSpansStrategy
 
   def examples(artifact_id, span=None, version=0):
     artifact = standard_artifacts.Examples()
@@ -141,3 +141,35 @@ def test_span_window_keeps_the_newest_ingestion_of_each_of_the_newest_spans():
       None, {"examples": given})["examples"]] == [6, 5, 1]
   assert LatestSpansStrategy(num_spans=1).resolve_artifacts(None, {"examples": [examples(2)]}) \
       is None
+
+
+def test_the_baseline_is_the_latest_blessed_model_other_than_the_candidate():
+  from tfx.types import standard_artifacts
+  from vae_pipeline.resolvers import LatestOtherBlessedModelStrategy
+
+  def model(artifact_id):
+    artifact = standard_artifacts.Model()
+    artifact.id = artifact_id
+    return artifact
+
+  def blessing(model_id, blessed):
+    artifact = standard_artifacts.ModelBlessing()
+    artifact.set_int_custom_property("current_model_id", model_id)
+    artifact.set_int_custom_property("blessed", int(blessed))
+    return artifact
+
+  models = [model(1), model(2), model(3)]
+  blessings = [blessing(1, True), blessing(2, True), blessing(3, False)]
+  resolve = lambda candidate: LatestOtherBlessedModelStrategy().resolve_artifacts(
+      None, {"model": models, "model_blessing": blessings, "candidate": [model(candidate)]})
+  assert [a.id for a in resolve(3)["model"]] == [2]  # 3 was not blessed; 2 is the latest that was
+  assert [a.id for a in resolve(2)["model"]] == [1]  # never the candidate itself
+  assert resolve(1)["model"][0].id == 2  # an older candidate (cached) against a newer blessing
+  only_itself = LatestOtherBlessedModelStrategy().resolve_artifacts(
+      None, {"model": [model(1)], "model_blessing": [blessing(1, True)],
+             "candidate": [model(1)]})
+  assert only_itself["model"] == only_itself["model_blessing"] == []
+  # Airflow's launcher hands every model the Trainer made: the newest is this run's.
+  every_model = LatestOtherBlessedModelStrategy().resolve_artifacts(
+      None, {"model": models, "model_blessing": blessings, "candidate": models})
+  assert [a.id for a in every_model["model"]] == [2]

@@ -77,7 +77,7 @@ def test_page_for_a_first_blessed_model_and_unlabelled_data():
   text = page.render(made_up_facts(blessed=True, blessing_reasons=[], baseline_metrics={},
                                    label_metrics={}, label_names=None, pushed_dir="/serving/7"))
   assert "Blessed: loss 150.00" in text and "/serving/7" in text
-  assert "none yet: not checked" in text
+  assert "no other blessed model: not checked" in text
   assert "Per label" not in text
 
 

@@ -6,13 +6,13 @@ the component fails with a message naming each one, and a copy of the list is ke
 `<pipeline root>/ExampleGen/bad_inputs/` (a failed run's artifacts are not kept).
 """
 import csv
+import io
 import json
 import os
-import shutil
-import tempfile
 
 import apache_beam as beam
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
 from vae_pipeline.data import images
@@ -72,8 +72,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def ImagesToExample(pipeline, exec_properties, split_pattern):  # pylint: disable=invalid-name
       settings = settings_of(exec_properties)
       _, units, names = sources.plan(exec_properties["input_base"], split_pattern)
-      with open(os.path.join(report_dir, "plan.json"), "w") as f:
-        json.dump({"label_names": names}, f)
+      _write({"label_names": names}, os.path.join(report_dir, "plan.json"))
       results = (pipeline
                  | "Units" >> beam.Create(units)
                  | "ToExamples" >> beam.ParDo(_ToExamples(settings)).with_outputs("bad", main="ok"))
@@ -87,17 +86,18 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
   def Do(self, input_dict, output_dict, exec_properties):
     examples = artifact_utils.get_single_instance(output_dict["examples"])
-    self._report_dir = tempfile.mkdtemp(prefix="image-example-gen-")
+    # Beam's workers write their counts here: inside the output artifact (through TFX's file
+    # I/O), not a local temporary folder, so that a distributed runner's workers reach it too.
+    self._report_dir = os.path.join(examples.uri, ".ingest-report")
+    fileio.makedirs(self._report_dir)
     try:
       super().Do(input_dict, output_dict, exec_properties)
-      with open(os.path.join(self._report_dir, "good_count")) as f:
-        good = int(f.read())
-      with open(os.path.join(self._report_dir, "bad.json")) as f:
-        bad = sorted(map(tuple, json.loads(f.read())))
-      with open(os.path.join(self._report_dir, "plan.json")) as f:
-        names = json.load(f)["label_names"]
+      good = int(_read(os.path.join(self._report_dir, "good_count")))
+      bad = sorted(map(tuple, json.loads(_read(os.path.join(self._report_dir, "bad.json")))))
+      names = json.loads(_read(os.path.join(self._report_dir, "plan.json")))["label_names"]
     finally:
-      shutil.rmtree(self._report_dir, ignore_errors=True)
+      if fileio.exists(self._report_dir):
+        fileio.rmtree(self._report_dir)
 
     bad_csv = os.path.join(examples.uri, BAD_INPUTS_FILE)
     write_bad_inputs(bad_csv, bad)
@@ -110,23 +110,30 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     if bad and len(bad) > allowed * total:
       kept = os.path.join(os.path.dirname(os.path.dirname(examples.uri)), "bad_inputs",
                           f"{os.path.basename(examples.uri)}.csv")
-      os.makedirs(os.path.dirname(kept), exist_ok=True)
-      shutil.copy(bad_csv, kept)
+      fileio.makedirs(os.path.dirname(kept))
+      fileio.copy(bad_csv, kept, overwrite=True)
       raise BadInputsError(describe_bad_inputs(bad, total, allowed, kept))
     if total == 0:
       raise BadInputsError("the source has no images")
 
 
 def _write(value, path):
-  with open(path, "w") as f:
+  with fileio.open(path, "w") as f:
     f.write(json.dumps(value) if not isinstance(value, int) else str(value))
 
 
+def _read(path):
+  with fileio.open(path, "r") as f:
+    return f.read()
+
+
 def write_bad_inputs(path, bad):
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["input", "reason"])
-    writer.writerows(bad)
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(["input", "reason"])
+  writer.writerows(bad)
+  with fileio.open(path, "w") as f:
+    f.write(text.getvalue())
 
 
 def describe_bad_inputs(bad, total, allowed, csv_path):

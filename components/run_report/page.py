@@ -79,7 +79,7 @@ def blessing_section(facts) -> str:
       _e("pass" if loss is not None and loss <= facts.loss_upper_bound else "FAIL")]]
   if base is None:
     rows.append(["no worse than the latest blessed model", _number(loss), "-",
-                 _e("none yet: not checked"), "-"])
+                 _e("no other blessed model: not checked"), "-"])
   else:
     change = loss - base
     rows.append([
