@@ -2,10 +2,10 @@
 
     make bench                     # or: .venv/bin/python benchmarks/pipeline_run.py [run options]
 
-In a fresh output folder: a cold run (every component executes), a re-run (served from TFX's
-cache; the Evaluator runs again because the latest blessed model, its baseline, changed), and a
-second re-run (everything cached). Then a run on 40 images for 1 epoch, whose component times
-are mostly fixed costs (Beam start-up, model loading, tracing). Prints one table: per-component
+In a fresh output folder: a cold run (every component executes), a re-run and a second re-run
+(both served from TFX's cache: the baseline is never the candidate itself). Then a run on 40
+images for 1 epoch, whose component times are mostly fixed costs (Beam start-up, model loading,
+tracing). Prints one table: per-component
 wall time for each, start-up (imports), peak memory, Trainer warm-up and images/s, eval metrics.
 """
 import json

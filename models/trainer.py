@@ -23,6 +23,11 @@ RECALIBRATION_BATCH_SIZE = 256
 VALIDATIONS = 3
 
 
+def weights_path(model_artifact_dir):
+  """The Keras weights checkpoint a Model artifact carries next to its Format-Serving folder."""
+  return os.path.join(model_artifact_dir, "Format-KerasWeights", "weights")
+
+
 def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=None):
   """Transformed examples -> batches of float32 [B, H, W, C], parsed once and cached in memory."""
   files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
@@ -108,12 +113,24 @@ class EpochTimer(keras.callbacks.Callback):
       self.started = None
 
 
+def warm_start(model, weights):
+  """Loads an earlier model's weights; a clear error when its architecture differs."""
+  try:
+    model.load_weights(weights).assert_existing_objects_matched()
+  except (ValueError, AssertionError, tf.errors.OpError) as error:
+    raise RuntimeError(
+        f"cannot warm start from {weights}: the last blessed model has another architecture or "
+        f"image shape ({str(error).splitlines()[0][:200]}); train once without --warm-start"
+    ) from None
+
+
 def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir=None,
-              verbose=2):
+              verbose=2, initial_weights=None):
   """Builds and trains the VAE as the pipeline does; returns (float32 model, history record).
 
   config: the Trainer's custom_config (PipelineConfig.trainer_config()). `train` yields shuffled
   batches of images; `recalibration_images` shuffled batches for BatchNorm (default: `train`).
+  initial_weights: a weights checkpoint of an earlier model (warm start), or None.
   """
   keras.utils.set_random_seed(config["seed"])
   policy = "mixed_bfloat16" if config["mixed_precision"] else None
@@ -123,6 +140,8 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   steps = config["epochs"] * len(batch_sizes)
   with distribute.strategy().scope():  # one device here; see models/distribute.py
     model = vae_lib.build_vae(**architecture, policy=policy)
+    if initial_weights:  # before the optimizer exists: the checkpoint holds weights only
+      warm_start(model, initial_weights)
     # Cosine decay to 0 over the whole run: a high rate early, fine steps at the end
     # (measured: 112.8 -> 109.2 held-out nats from a constant 1e-3 to a decay from 3e-3).
     schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
@@ -164,12 +183,18 @@ def run_fn(fn_args):
   # Shuffled: the per-epoch estimate uses the first few batches, and files are often sorted.
   recalibration_images = image_dataset(fn_args.train_files, tft_output, RECALIBRATION_BATCH_SIZE,
                                        shuffle=True, seed=config["seed"])
+  # Warm start: the base model (the latest blessed one, when asked for) left its weights beside
+  # its SavedModel.
+  initial_weights = (weights_path(os.path.dirname(fn_args.base_model)) if fn_args.base_model
+                     else None)
   model, record = train_vae(config, train, evaluation, recalibration_images,
-                            log_dir=fn_args.model_run_dir)
+                            log_dir=fn_args.model_run_dir, initial_weights=initial_weights)
   # Every worker of a multi-worker run must save (collective ops); only the chief's copy is kept.
   serving_dir = (fn_args.serving_model_dir if distribute.is_chief()
                  else tempfile.mkdtemp(prefix="non-chief-model-"))
   export.export_serving_model(model, tft_output, config["latent_dim"], serving_dir)
+  if distribute.is_chief():  # for a later run's warm start
+    model.save_weights(weights_path(os.path.dirname(fn_args.serving_model_dir)))
   if distribute.is_chief():
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, features.HISTORY_FILE), "w") as f:
       json.dump(dict(record, config=config), f)  # the settings too, for the run report

@@ -47,6 +47,9 @@ def settings_options() -> argparse.ArgumentParser:
   options.add_argument("--span-window", type=int, default=defaults.span_window, metavar="N",
                        help="train on the newest N spans (span-N folders) instead of the "
                             "newest only; local runs")
+  options.add_argument("--warm-start", action="store_true", default=False,
+                       help="start training from the latest blessed model's weights (same "
+                            "architecture) instead of from scratch")
   options.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
   options.add_argument("--latent-dim", type=int, default=defaults.latent_dim,
                        help="size of the latent space z")
@@ -89,7 +92,8 @@ def settings_of(args) -> dict:
   return dict(
       pipeline_name=args.pipeline_name, image_shape=args.image_shape,
       size_policy=args.size_policy, max_bad_fraction=args.max_bad_fraction,
-      image_feature=args.image_feature, span_window=args.span_window, latent_dim=args.latent_dim,
+      image_feature=args.image_feature, span_window=args.span_window,
+      warm_start=args.warm_start, latent_dim=args.latent_dim,
       hidden_units=args.hidden_units, epochs=args.epochs,
       mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,

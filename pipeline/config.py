@@ -96,6 +96,10 @@ class PipelineConfig:
   # newest span's eval split. 1: the newest span only. Local runs only (see span_window.py).
   span_window: int = 1
 
+  # Start training from the latest blessed model's weights (same architecture needed) instead of
+  # from scratch. Its Trainer re-runs whenever a new model is blessed, even on the same data.
+  warm_start: bool = False
+
   # Split of the input into train and eval (hash buckets, so deterministic).
   train_buckets: int = 4
   eval_buckets: int = 1

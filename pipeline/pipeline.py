@@ -81,8 +81,18 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       custom_config=config.transform_config())
   transform.add_upstream_node(anomalies_gate)
 
+  # Warm start (optional): the latest blessed model's weights are the starting point.
+  warm_start_model = None
+  if config.warm_start:
+    warm_start_model = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("warm_start_model_resolver")
+
   trainer = Trainer(
       run_fn=RUN_FN,
+      base_model=warm_start_model.outputs["model"] if warm_start_model else None,
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
@@ -136,6 +146,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       pipeline_root=config.pipeline_root,
       components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate]
       + ([latest_spans] if config.span_window > 1 else [])
+      + ([warm_start_model] if warm_start_model else [])
       + [transform, trainer, latest_blessed_model, evaluator, pusher, run_report],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,

@@ -56,7 +56,8 @@ def runs(tmp_path_factory, digits):
   second = local_runner.run(config(), show_progress=False)
   window = local_runner.run(config(span_window=2), show_progress=False)
   again = local_runner.run(config(span_window=2), show_progress=False)
-  return first, second, window, again
+  warm = local_runner.run(config(span_window=2, warm_start=True), show_progress=False)
+  return first, second, window, again, warm
 
 
 def history_of(summary):
@@ -66,14 +67,14 @@ def history_of(summary):
 
 
 def test_each_run_reads_the_newest_span(runs):
-  first, second, _, _ = runs
+  first, second, *_ = runs
   for summary, span in ((first, 1), (second, 2)):
     assert summary.component("ExampleGen").properties["examples"]["span"] == span
     assert summary.inputs == PER_SPAN
 
 
 def test_a_new_span_trains_a_new_model_compared_with_the_last_blessed_one(runs):
-  first, second, _, _ = runs
+  first, second, *_ = runs
   assert first.blessed and first.pushed_dir and not first.baseline_metrics
   assert states(second)["Trainer"] == "COMPLETE"
   # The baseline is run 1's model, evaluated on span 2's eval split.
@@ -84,7 +85,7 @@ def test_a_new_span_trains_a_new_model_compared_with_the_last_blessed_one(runs):
 
 
 def test_a_window_trains_on_the_newest_two_spans(runs):
-  first, second, window, _ = runs
+  first, second, window, *_ = runs
   assert states(window)["latest_spans_resolver"] == "COMPLETE"
   train_both = sum(count_records(s.component("ExampleGen").outputs["examples"][0], "train")
                    for s in (first, second))
@@ -92,7 +93,7 @@ def test_a_window_trains_on_the_newest_two_spans(runs):
 
 
 def test_nothing_new_is_served_from_the_cache(runs):
-  _, _, window, again = runs
+  _, _, window, again, _ = runs
   cached = states(again)
   # The Evaluator too: its baseline is never the candidate itself (pipeline/resolvers.py).
   for component in ("ExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer",
@@ -129,3 +130,12 @@ def test_a_run_killed_during_training_leaves_the_store_usable(tmp_path, digits):
   for component in ("ExampleGen", "StatisticsGen", "SchemaGen", "Transform"):
     assert done[component] == "CACHED", done
   assert done["Trainer"] == "COMPLETE" and finished.pushed_dir
+
+
+def test_a_warm_start_begins_from_the_latest_blessed_model(runs):
+  _, _, window, _, warm = runs
+  assert window.blessed
+  assert states(warm)["warm_start_model_resolver"] == "COMPLETE"
+  assert states(warm)["Trainer"] == "COMPLETE"
+  # Its first epoch starts where the blessed model ended, not from random weights.
+  assert history_of(warm)["loss"][0] < 0.8 * history_of(window)["loss"][0]
