@@ -61,7 +61,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
   # Train on this span, or on the newest `span_window` spans (each span's newest ingestion).
-  training_examples = example_gen.outputs["examples"]
+  training_examples, latest_spans = example_gen.outputs["examples"], None
   if config.span_window > 1:
     if config.builtin_resolvers_only:
       raise ValueError("--span-window needs a custom resolver, which TFX's Kubeflow V2 compiler "
@@ -102,19 +102,15 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
 
   # Compare with the latest blessed model (none on the first run), never with the candidate itself:
   # a re-run whose Trainer was cached then finds the Evaluator cached too.
+  baseline_inputs = dict(model=Channel(type=standard_artifacts.Model),
+                         model_blessing=Channel(type=standard_artifacts.ModelBlessing))
   if config.builtin_resolvers_only:
-    latest_blessed_model = Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id(BASELINE_RESOLVER)
+    baseline_strategy = LatestBlessedModelStrategy
   else:
-    latest_blessed_model = Resolver(
-        strategy_class=LatestOtherBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-        candidate=trainer.outputs["model"],
-    ).with_id(BASELINE_RESOLVER)
+    baseline_strategy = LatestOtherBlessedModelStrategy
+    baseline_inputs["candidate"] = trainer.outputs["model"]
+  latest_blessed_model = Resolver(strategy_class=baseline_strategy,
+                                  **baseline_inputs).with_id(BASELINE_RESOLVER)
 
   # The serving signature reads raw examples, so the Evaluator gets ExampleGen's eval split.
   evaluator = Evaluator(
@@ -144,10 +140,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
   return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate]
-      + ([latest_spans] if config.span_window > 1 else [])
-      + ([warm_start_model] if warm_start_model else [])
-      + [transform, trainer, latest_blessed_model, evaluator, pusher, run_report],
+      components=[node for node in (
+          example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+          latest_spans, transform, warm_start_model, trainer, latest_blessed_model, evaluator,
+          pusher, run_report) if node is not None],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=config.beam_args)
