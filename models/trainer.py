@@ -193,8 +193,8 @@ def run_fn(fn_args):
   serving_dir = (fn_args.serving_model_dir if distribute.is_chief()
                  else tempfile.mkdtemp(prefix="non-chief-model-"))
   export.export_serving_model(model, tft_output, config["latent_dim"], serving_dir)
-  if distribute.is_chief():  # for a later run's warm start
-    model.save_weights(weights_path(os.path.dirname(fn_args.serving_model_dir)))
   if distribute.is_chief():
+    # The weights, for a later run's warm start; the history and settings, for the run report.
+    model.save_weights(weights_path(os.path.dirname(fn_args.serving_model_dir)))
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, features.HISTORY_FILE), "w") as f:
-      json.dump(dict(record, config=config), f)  # the settings too, for the run report
+      json.dump(dict(record, config=config), f)
