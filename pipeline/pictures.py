@@ -1,7 +1,6 @@
 """Annotated PNG figures of a run and its model: training curves, reconstructions with their
 losses, prior samples, the latent space, per-label losses. The run report (components/run_report)
 is made of these; `vae-pipeline latent-plot` draws its scatter with `latent_figure`."""
-import glob
 import os
 
 import matplotlib
@@ -12,17 +11,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from vae_pipeline.models import features  # noqa: E402
-
-
-def read_examples(examples_uri, split="eval", count=10, pool=1000):
-  """`count` serialized raw tf.Examples spread evenly over the first `pool` of a split.
-
-  Spread out because datasets are often stored sorted by class.
-  """
-  files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
-  records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(pool)]
-  step = max(1, len(records) // count)
-  return records[::step][:count]
 
 
 def _show(axis, image):
