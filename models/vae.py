@@ -35,6 +35,28 @@ class SoftCap(keras.layers.Layer):
     return x - tf.nn.softplus(x - self.limit)
 
 
+class OneChannelConv2DTranspose(keras.layers.Conv2DTranspose):
+  """A stride-1, "same"-padded Conv2DTranspose to one channel, computed as a depthwise conv and
+  a sum over input channels: the same weights (Conv2DTranspose's layout) and the same function.
+
+  oneDNN's transposed conv to a single channel is slow: measured here on 256 images of
+  28x28x32, 10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way. To
+  three channels the depthwise form is slower, so other shapes use the stock kernel.
+  """
+
+  def call(self, inputs):
+    if self.filters != 1 or self.strides != (1, 1) or self.padding != "same":
+      return super().call(inputs)
+    # A stride-1 transposed conv is the conv with the kernel flipped in space and its in/out
+    # channels swapped: [h, w, out, in] -> [h, w, in, out=1], the depthwise kernel's layout.
+    kernel = tf.reverse(tf.transpose(self.kernel, [0, 1, 3, 2]), [0, 1])
+    per_channel = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME")
+    outputs = tf.reduce_sum(per_channel, axis=-1, keepdims=True)
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, self.bias)
+    return self.activation(outputs) if self.activation is not None else outputs
+
+
 def check_image_shape(image_shape):
   height, width, channels = image_shape
   if height % DOWNSAMPLING or width % DOWNSAMPLING:
@@ -66,10 +88,11 @@ def build_encoder(image_shape, latent_dim, hidden_units, policy=None):
   return keras.Model(images, [mean, log_var], name="encoder")
 
 
-def build_decoder(image_shape, latent_dim, policy=None):
+def build_decoder(image_shape, latent_dim, policy=None, output_layer=OneChannelConv2DTranspose):
   """z -> image in [0, 1]; the first feature map is the encoder's last one.
 
-  No BatchNorm here: measured as good without it, and ~10% faster.
+  No BatchNorm here: measured as good without it, and ~10% faster. `output_layer`: the last
+  layer's class (keras.layers.Conv2DTranspose gives the same model on the stock kernel).
   """
   check_image_shape(image_shape)
   height, width, channels = image_shape
@@ -87,9 +110,8 @@ def build_decoder(image_shape, latent_dim, policy=None):
   x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu",
                                    dtype=policy)(x)
   # float32 output: the loss reads the logits of this sigmoid (see reconstruction_loss).
-  images = keras.layers.Conv2DTranspose(channels, 3, strides=1, padding="same",
-                                        activation="sigmoid", name="reconstruction",
-                                        dtype="float32")(x)
+  images = output_layer(channels, 3, strides=1, padding="same", activation="sigmoid",
+                        name="reconstruction", dtype="float32")(x)
   return keras.Model(z, images, name="decoder")
 
 
@@ -157,10 +179,11 @@ class VAE(keras.Model):
     return self._update_trackers(rec, kl, rec + self.beta * kl)
 
 
-def build_vae(image_shape, latent_dim, hidden_units, beta=1.0, policy=None):
+def build_vae(image_shape, latent_dim, hidden_units, beta=1.0, policy=None,
+              output_layer=OneChannelConv2DTranspose):
   """This project's VAE; `policy` "mixed_bfloat16" trains in bfloat16 (see build_encoder)."""
   return VAE(build_encoder(image_shape, latent_dim, hidden_units, policy),
-             build_decoder(image_shape, latent_dim, policy), beta=beta)
+             build_decoder(image_shape, latent_dim, policy, output_layer), beta=beta)
 
 
 def copy_weights(source, target):
