@@ -93,10 +93,12 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 class EpochTimer(keras.callbacks.Callback):
   """Wall seconds of each epoch's training steps (not its validation), saved with the history;
-  the first epoch includes warm-up."""
+  the first epoch includes warm-up. `ended`: seconds from the start of training to each epoch's
+  end, so that throughput can also be taken over everything between epochs."""
 
   def on_train_begin(self, logs=None):
-    self.seconds = []
+    self.seconds, self.ended = [], []
+    self.train_started = time.perf_counter()
 
   def on_epoch_begin(self, epoch, logs=None):
     self.started = time.perf_counter()
@@ -106,6 +108,7 @@ class EpochTimer(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self._stop()
+    self.ended.append(time.perf_counter() - self.train_started)
 
   def _stop(self):
     if self.started is not None:
@@ -170,7 +173,8 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
                       **validation)
   recalibrate_batchnorm(model, recalibration_images)
   record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-  record.update(epoch_seconds=timer.seconds, train_images=sum(batch_sizes),
+  record.update(epoch_seconds=timer.seconds, epoch_ended=timer.ended,
+                train_images=sum(batch_sizes),
                 # 1-based epochs that the val_* entries belong to (Keras validates every Nth).
                 val_epochs=[e for e in range(1, config["epochs"] + 1) if e % validation_freq == 0]
                 if evaluation is not None else [])
