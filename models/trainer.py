@@ -43,12 +43,17 @@ def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=Non
              .cache())
   if shuffle:
     dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-  # No autotuning: its background thread sleeps for a period that doubles up to a minute, and
-  # deleting an iterator waited for it (0.8 s between epochs, 40 s once at the end of a run).
-  # The images are cached in memory, so a fixed prefetch of two batches is all it needs.
+  return dataset.batch(batch_size).prefetch(2)  # cached in memory: no need to tune more
+
+
+def without_autotuning(dataset):
+  """tf.data's autotuning thread sleeps for a period that doubles up to a minute, and deleting
+  an iterator waits for it: Keras stalled ~0.8 s between epochs (a new iterator each), or once
+  for up to a minute at the end of the run (one iterator). Training input is cached in memory
+  and needs no tuning."""
   options = tf.data.Options()
   options.autotune.enabled = False
-  return dataset.batch(batch_size).prefetch(2).with_options(options)
+  return dataset.with_options(options)
 
 
 def recalibrate_batchnorm(model, images, max_batches=RECALIBRATION_BATCHES):
@@ -144,6 +149,8 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   policy = "mixed_bfloat16" if config["mixed_precision"] else None
   architecture = dict(image_shape=tuple(config["image_shape"]), latent_dim=config["latent_dim"],
                       hidden_units=config["hidden_units"], beta=config["beta"])
+  train = without_autotuning(train)
+  recalibration_images = without_autotuning(recalibration_images or train)
   batch_sizes = [int(batch.shape[0]) for batch in train]  # also fills the dataset's cache
   steps = config["epochs"] * len(batch_sizes)
   with distribute.strategy().scope():  # one device here; see models/distribute.py
@@ -157,7 +164,6 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=config["clip_norm"]))
     # Creating Adam's slots now means the train step is traced once, not twice.
     model.optimizer.build(model.trainable_variables)
-  recalibration_images = recalibration_images or train
   timer = EpochTimer()  # listed before RecalibrateBeforeValidation: times training steps only
   callbacks = [StopOnNonFiniteLoss(), timer]
   if evaluation is not None:
@@ -171,6 +177,7 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   # threads) stalled the loop for ~0.8 s between most epochs: ~10 s of a 25-epoch run.
   validation = {}
   if evaluation is not None:
+    evaluation = without_autotuning(evaluation)
     validation = dict(validation_data=evaluation.repeat(),
                       validation_steps=sum(1 for _ in evaluation))
   history = model.fit(train.repeat(), steps_per_epoch=len(batch_sizes), epochs=config["epochs"],
