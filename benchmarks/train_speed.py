@@ -9,9 +9,9 @@ trainer.train_vae as the pipeline calls it (cached tf.data input, mixed bfloat16
 has it, cosine schedule, the one-channel output layer computed depthwise: same weights, same
 function). Steady state, two ways: "steps only" is the median of epochs 2..N counting training
 steps only; "wall" is images per second from the end of epoch 1 to the end of epoch N, counting
-whatever the loop does between epochs (plain Keras makes a new input iterator every epoch, and
-tearing down the old one stalls it). Warm-up: the first epoch minus a steady one (tracing,
-graph optimization).
+whatever the loop does between epochs (Keras makes a new input iterator every epoch; with
+tf.data's autotuning, tearing the old one down stalled it: see trainer.without_autotuning).
+Warm-up: the first epoch minus a steady one (tracing, graph optimization).
 """
 import argparse
 import dataclasses

@@ -172,9 +172,8 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     callbacks.append(keras.callbacks.TensorBoard(log_dir, profile_batch=0))
   # Validation (with its BatchNorm re-estimate) costs ~1 s: three times per run.
   validation_freq = max(1, config["epochs"] // VALIDATIONS)
-  # Repeated datasets with their steps given: Keras then keeps one iterator for the whole run.
-  # Otherwise it makes a new one every epoch, and tearing down the old one (its prefetch
-  # threads) stalled the loop for ~0.8 s between most epochs: ~10 s of a 25-epoch run.
+  # Repeated datasets with their steps given: Keras then keeps one iterator for the whole run
+  # instead of making a new one every epoch (with autotuning, each teardown stalled it ~0.8 s).
   validation = {}
   if evaluation is not None:
     evaluation = without_autotuning(evaluation)
