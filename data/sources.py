@@ -63,11 +63,14 @@ class Unit:
 # ----------------------------------------------------------------------------- recognizing
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 @contextlib.contextmanager
 def _open(path):
   """The file's bytes, gunzipped when it is gzip."""
   with fs.open_binary(path) as raw:
-    gzipped = raw.read(2) == b"\x1f\x8b"
+    gzipped = raw.read(2) == _GZIP_MAGIC
     raw.seek(0)
     if not gzipped:
       yield raw
@@ -78,7 +81,7 @@ def _open(path):
 
 def _is_gzip(path):
   with fs.open_binary(path) as f:
-    return f.read(2) == b"\x1f\x8b"
+    return f.read(2) == _GZIP_MAGIC
 
 
 def _head(path, size=16):
@@ -136,7 +139,7 @@ def file_kind(path) -> Optional[str]:
     return None
   if raw.startswith(b"PK") and _is_zip(path):
     return "npz"
-  head = _head(path) if raw.startswith(b"\x1f\x8b") else raw
+  head = _head(path) if raw.startswith(_GZIP_MAGIC) else raw
   if idx_header(head):
     return "idx"
   if _is_tfrecord_head(head):

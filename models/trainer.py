@@ -150,7 +150,8 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   architecture = dict(image_shape=tuple(config["image_shape"]), latent_dim=config["latent_dim"],
                       hidden_units=config["hidden_units"], beta=config["beta"])
   train = without_autotuning(train)
-  recalibration_images = without_autotuning(recalibration_images or train)
+  recalibration_images = (train if recalibration_images is None
+                          else without_autotuning(recalibration_images))
   batch_sizes = [int(batch.shape[0]) for batch in train]  # also fills the dataset's cache
   steps = config["epochs"] * len(batch_sizes)
   with distribute.strategy().scope():  # one device here; see models/distribute.py

@@ -46,7 +46,7 @@ def settings_options() -> argparse.ArgumentParser:
                             "pixel bytes)")
   options.add_argument("--span-window", type=int, default=defaults.span_window, metavar="N",
                        help="train on the newest N spans (span-N folders) instead of the "
-                            "newest only; local runs")
+                            "newest only; local and Airflow runs")
   options.add_argument("--warm-start", action="store_true", default=False,
                        help="start training from the latest blessed model's weights (same "
                             "architecture) instead of from scratch")

@@ -93,7 +93,7 @@ class PipelineConfig:
   max_loss_increase: float = 0.0
 
   # Train on the newest N spans (span-N folders), each span's newest ingestion; evaluate on the
-  # newest span's eval split. 1: the newest span only. Local runs only (see span_window.py).
+  # newest span's eval split. 1: the newest span only. Not on Kubeflow (see resolvers.py).
   span_window: int = 1
 
   # Start training from the latest blessed model's weights (same architecture needed) instead of
