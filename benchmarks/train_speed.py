@@ -4,12 +4,12 @@
 
 Same model (the default architecture), same 4,000 digits, same batch size, one process, run
 one after the other. "plain Keras fit" is `model.fit(numpy_array)` in float32 with the stock
-Keras layers (the last one a `Conv2DTranspose`), as a Keras user writes it; "Trainer" is
+Keras layers (`Conv2DTranspose` among them), as a Keras user writes it; "Trainer" is
 trainer.train_vae as the pipeline calls it (cached tf.data input, mixed bfloat16 where the CPU
-has it, cosine schedule, the one-channel output layer computed depthwise: same weights, same
-function). Steady state, two ways: "steps only" is the median of epochs 2..N counting training
-steps only; "wall" is images per second from the end of epoch 1 to the end of epoch N, counting
-whatever the loop does between epochs (Keras makes a new input iterator every epoch; with
+has it, cosine schedule, `vae.FastConv2DTranspose`: same weights, same function). Steady
+state, two ways: "steps only" is the median of epochs 2..N counting training steps only;
+"wall" is images per second from the end of epoch 1 to the end of epoch N, counting whatever
+the loop does between epochs (Keras makes a new input iterator every epoch; with
 tf.data's autotuning, tearing the old one down stalled it: see trainer.without_autotuning).
 Warm-up: the first epoch minus a steady one (tracing, graph optimization).
 """
@@ -33,7 +33,7 @@ from vae_pipeline.models import vae as vae_lib  # noqa: E402
 def plain_fit(config, images):
   keras.utils.set_random_seed(config["seed"])
   model = vae_lib.build_vae(tuple(config["image_shape"]), config["latent_dim"],
-                            config["hidden_units"], output_layer=keras.layers.Conv2DTranspose)
+                            config["hidden_units"], conv_transpose=keras.layers.Conv2DTranspose)
   model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
   timer = trainer.EpochTimer()
   model.fit(images, batch_size=config["batch_size"], epochs=config["epochs"], verbose=0,

@@ -56,19 +56,20 @@ def test_decoder_shapes_follow_the_configured_image_shape(shape):
   assert any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in model.decoder.layers)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_one_channel_output_layer_is_the_stock_transposed_conv(channels):
-  """Same weights, same outputs and gradients as keras' Conv2DTranspose (faster for 1 channel)."""
+@pytest.mark.parametrize("filters, strides", [(1, 1), (3, 1), (4, 2), (4, 1)])
+def test_fast_transposed_conv_is_the_stock_one(filters, strides):
+  """Same weights, same outputs and gradients as keras' Conv2DTranspose (depthwise for one
+  channel, its own bias gradient everywhere)."""
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.normal(size=(3, 12, 8, 5)).astype(np.float32))
-  stock = keras.layers.Conv2DTranspose(channels, 3, padding="same", activation="sigmoid")
-  fast = vae_lib.OneChannelConv2DTranspose(channels, 3, padding="same", activation="sigmoid")
-  stock(inputs), fast(inputs)
-  weights = [rng.normal(size=w.shape).astype(np.float32) for w in stock.get_weights()]
-  stock.set_weights(weights)
-  fast.set_weights(weights)
+  layers = [cls(filters, 3, strides=strides, padding="same", activation="sigmoid")
+            for cls in (keras.layers.Conv2DTranspose, vae_lib.FastConv2DTranspose)]
+  for layer in layers:
+    layer(inputs)
+  weights = [rng.normal(size=w.shape).astype(np.float32) for w in layers[0].get_weights()]
   results = []
-  for layer in (stock, fast):
+  for layer in layers:
+    layer.set_weights(weights)
     with tf.GradientTape() as tape:
       tape.watch(inputs)
       outputs = layer(inputs)
@@ -76,7 +77,23 @@ def test_one_channel_output_layer_is_the_stock_transposed_conv(channels):
     results.append([outputs, *tape.gradient(loss, [inputs] + layer.trainable_weights)])
   for expected, got in zip(*results):
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
-  assert results[0][0].shape == (3, 12, 8, channels)
+  assert results[0][0].shape == (3, 12 * strides, 8 * strides, filters)
+
+
+def test_bias_gradient_in_bfloat16_accumulates_in_float32():
+  """TensorFlow's own BiasAddGrad sums bfloat16 in bfloat16 (far off for big batches)."""
+  upstream = tf.random.stateless_normal([64, 28, 28, 16], seed=[0, 1], mean=1.0)
+  exact = tf.reduce_sum(upstream, axis=[0, 1, 2])
+  low = tf.cast(upstream, tf.bfloat16)
+  bias = tf.zeros([16], tf.bfloat16)
+  with tf.GradientTape() as tape:
+    tape.watch(bias)
+    outputs = vae_lib.bias_add(low, bias)
+  ours = tf.cast(tape.gradient(outputs, bias, output_gradients=low), tf.float32)
+  stock = tf.cast(tf.raw_ops.BiasAddGrad(out_backprop=low), tf.float32)
+  relative = lambda got: float(tf.reduce_max(tf.abs(got - exact) / tf.abs(exact)))
+  assert relative(ours) < 0.01  # bfloat16 rounding of the inputs and the result only
+  assert relative(stock) > 10 * relative(ours), (relative(stock), relative(ours))
 
 
 @pytest.mark.parametrize("shape, message", [((30, 28, 1), "multiples of 4"),
