@@ -58,8 +58,8 @@ def test_decoder_shapes_follow_the_configured_image_shape(shape):
 
 @pytest.mark.parametrize("filters, strides", [(1, 1), (3, 1), (4, 2), (4, 1)])
 def test_fast_transposed_conv_is_the_stock_one(filters, strides):
-  """Same weights, same outputs and gradients as keras' Conv2DTranspose (depthwise for one
-  channel, its own bias gradient everywhere)."""
+  """Same weights, same outputs and gradients as keras' Conv2DTranspose (computed depthwise for
+  one channel; in float32 the bias gradient is TensorFlow's own, see the next test)."""
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.normal(size=(3, 12, 8, 5)).astype(np.float32))
   layers = [cls(filters, 3, strides=strides, padding="same", activation="sigmoid")
