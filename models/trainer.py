@@ -161,10 +161,14 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     # Cosine decay to 0 over the whole run: a high rate early, fine steps at the end
     # (measured: 112.8 -> 109.2 held-out nats from a constant 1e-3 to a decay from 3e-3).
     schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
-    # Clipping lets the high early rate through without the occasional blow-up.
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=config["clip_norm"]))
-    # Creating Adam's slots now means the train step is traced once, not twice.
-    model.optimizer.build(model.trainable_variables)
+    # Clipping lets the high early rate through without the occasional blow-up. The legacy Adam
+    # (same update rule) applies each variable's update as one fused op; Keras' newer Adam runs
+    # about ten elementwise ops per variable: measured ~5% more images/s here.
+    optimizer = keras.optimizers.legacy.Adam(schedule, clipnorm=config["clip_norm"])
+    model.compile(optimizer=optimizer)
+    # Creating Adam's slots now means the train step is traced once, not twice (~0.6 s of
+    # warm-up). The legacy optimizer has no public call for it; tf_keras' legacy code is frozen.
+    optimizer._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
   timer = EpochTimer()  # listed before RecalibrateBeforeValidation: times training steps only
   callbacks = [StopOnNonFiniteLoss(), timer]
   if evaluation is not None:
