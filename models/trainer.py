@@ -163,7 +163,7 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
     # Clipping lets the high early rate through without the occasional blow-up. The legacy Adam
     # (same update rule) applies each variable's update as one fused op; Keras' newer Adam runs
-    # about ten elementwise ops per variable: measured ~5% more images/s here.
+    # about ten elementwise ops per variable: measured 5-10% more images/s here.
     optimizer = keras.optimizers.legacy.Adam(schedule, clipnorm=config["clip_norm"])
     model.compile(optimizer=optimizer)
     # Creating Adam's slots now means the train step is traced once, not twice (~0.6 s of
