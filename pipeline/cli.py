@@ -60,12 +60,18 @@ def settings_options() -> argparse.ArgumentParser:
   options.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                        help="Adam's, at the start of a cosine decay to 0 over all epochs")
   options.add_argument("--beta", type=float, default=defaults.beta, help="weight of the KL term")
+  options.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
+                       help="each variable's gradient is clipped to this norm")
   options.add_argument("--seed", type=int, default=defaults.seed,
                        help="seeds Python, NumPy and TensorFlow")
   options.add_argument("--float32", dest="mixed_precision", action="store_false",
                        default=argparse.SUPPRESS,
                        help="train in float32 instead of mixed bfloat16 (the served model is "
                             "float32 either way)")
+  options.add_argument("--train-buckets", type=int, default=defaults.train_buckets,
+                       help="hash buckets of the input that go to the train split")
+  options.add_argument("--eval-buckets", type=int, default=defaults.eval_buckets,
+                       help="hash buckets of the input that go to the eval split (4 and 1: 4:1)")
   options.add_argument("--max-loss", type=float, default=argparse.SUPPRESS,
                        help="bless only if the eval loss (nats per image) is at most this "
                             "(default: 0.5 x H x W x C)")
@@ -97,6 +103,7 @@ def settings_of(args) -> dict:
       hidden_units=args.hidden_units, epochs=args.epochs,
       mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
+      clip_norm=args.clip_norm, train_buckets=args.train_buckets, eval_buckets=args.eval_buckets,
       seed=args.seed, max_loss=getattr(args, "max_loss", None),
       max_loss_increase=args.max_loss_increase, enable_cache="no_cache" not in args,
       beam_args=config_lib.beam_preset_args(args.beam_preset, args.beam_arg))

@@ -131,7 +131,8 @@ class PipelineConfig:
     if not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
       raise ValueError(f"pipeline name {self.pipeline_name!r} must match "
                        f"{PIPELINE_NAME_PATTERN.pattern} (a Kubeflow requirement)")
-    for name in ("latent_dim", "hidden_units", "epochs", "batch_size", "span_window"):
+    for name in ("latent_dim", "hidden_units", "epochs", "batch_size", "span_window",
+                 "train_buckets", "eval_buckets"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
     if self.learning_rate <= 0:
