@@ -159,7 +159,7 @@ def build_decoder(image_shape, latent_dim, policy=None, conv_transpose=FastConv2
 
 def reconstruction_loss(images, reconstruction):
   """Binary cross-entropy summed over pixels and channels: nats per image, shape [N]."""
-  # From the sigmoid's logits (Keras finds them), so neither clipped nor rounded.
+  # From the sigmoid's logits (Keras finds them), not from probabilities clipped at 1e-7.
   bce = keras.backend.binary_crossentropy(images, reconstruction)
   return tf.reduce_sum(bce, axis=[1, 2, 3])
 
