@@ -3,6 +3,8 @@
 Everything is `tf_keras` (Keras 2): the Transform graph is a tf_keras model and both must live
 in one SavedModel.
 """
+import types
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -57,34 +59,60 @@ def bias_add(outputs, bias):
 class FastConv2DTranspose(keras.layers.Conv2DTranspose):
   """Keras' Conv2DTranspose, same weights and same function, computed faster on CPU.
 
-  - A stride-1 transposed conv to one channel runs as a depthwise conv and a sum over input
-    channels. oneDNN's transposed conv to a single channel is slow: on 256 images of 28x28x32,
-    10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way. To three
-    channels the depthwise form is slower, so other shapes use the stock kernel. (As a forward
-    conv, which TensorFlow would fuse with the bias and ReLU, the kernel's flip cost ~160 us
-    per call: more than the fusion saved at batch 1.)
+  - A stride-1 transposed conv is the forward conv with the kernel flipped in space and its
+    in/out channels swapped. `freeze_for_serving` stores that kernel once, at export, and
+    inference then runs the forward conv, which TensorFlow fuses with the bias and ReLU (at
+    batch 1 the residual layer took 149 us as a transposed conv; flipping per call cost ~160 us).
+    Training keeps the transposed conv (as forward convs, training measured 10-30% slower).
+  - To one channel, the forward conv runs as a depthwise conv and a sum over input channels (in
+    training too). oneDNN's transposed conv to a single channel is slow: on 256 images of
+    28x28x32, 10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way.
   - The bias is added by `bias_add` above (a correct and faster gradient in bfloat16).
 
   What this project does not use ("valid" padding, dilation, output padding, channels first)
   is the stock layer.
   """
 
-  def call(self, inputs):
+  def build(self, input_shape):
+    super().build(input_shape)
+    # Not a Keras weight (it is derived from the kernel, and checkpoints stay the same): a
+    # variable that VaeServing saves, set only by freeze_for_serving.
+    self._serving = types.SimpleNamespace(forward_kernel=None)
+
+  def _forward_kernel(self):
+    """[h, w, out, in] -> [h, w, in, out], flipped in space: the equivalent forward conv's."""
+    return tf.reverse(tf.transpose(self.kernel, [0, 1, 3, 2]), [0, 1])
+
+  def freeze_for_serving(self):
+    """Stores the forward kernel for inference calls; returns its variable (None if this layer
+    has no forward form). The layer must not be trained afterwards: the copy would go stale."""
+    if self.strides != (1, 1) or not self.built:
+      return None
+    self._serving.forward_kernel = tf.Variable(self._forward_kernel(), trainable=False,
+                                               name=f"{self.name}_forward_kernel")
+    return self._serving.forward_kernel
+
+  def call(self, inputs, training=None):
     height, width = inputs.shape[1:3]
     if (self.padding != "same" or self.data_format != "channels_last" or None in (height, width)
         or self.dilation_rate != (1, 1) or self.output_padding is not None):
       return super().call(inputs)
-    if self.strides == (1, 1) and self.filters == 1:
-      # A stride-1 transposed conv is the conv with the kernel flipped in space and its in/out
-      # channels swapped: [h, w, out, in] -> [h, w, in, out=1], the depthwise kernel's layout.
-      kernel = tf.reverse(tf.transpose(self.kernel, [0, 1, 3, 2]), [0, 1])
-      per_channel = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME")
-      outputs = tf.reduce_sum(per_channel, axis=-1, keepdims=True)
-    else:
+    forward_kernel = None  # None: the transposed conv itself
+    if self.strides == (1, 1):
+      if self._serving.forward_kernel is not None and not training:
+        forward_kernel = tf.cast(self._serving.forward_kernel, inputs.dtype)
+      elif self.filters == 1:
+        forward_kernel = self._forward_kernel()
+    if forward_kernel is None:
       shape = [height * self.strides[0], width * self.strides[1], self.filters]
       output_shape = tf.stack([tf.shape(inputs)[0], *shape])
       outputs = tf.nn.conv2d_transpose(inputs, self.kernel, output_shape, self.strides, "SAME")
       outputs.set_shape([inputs.shape[0], *shape])
+    elif self.filters == 1:  # [h, w, in, 1] is also the depthwise kernel's layout
+      per_channel = tf.nn.depthwise_conv2d(inputs, forward_kernel, [1, 1, 1, 1], "SAME")
+      outputs = tf.reduce_sum(per_channel, axis=-1, keepdims=True)
+    else:
+      outputs = tf.nn.conv2d(inputs, forward_kernel, 1, "SAME")
     if self.use_bias:  # a tensor, not the variable: tf.custom_gradient then sees no variables
       outputs = bias_add(outputs, tf.convert_to_tensor(self.bias))
     return self.activation(outputs) if self.activation is not None else outputs

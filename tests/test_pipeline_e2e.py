@@ -21,6 +21,8 @@ from vae_pipeline.components.anomalies_gate.executor import DataAnomaliesError
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.data.records import to_example
 from vae_pipeline.models import features
+from vae_pipeline.models import trainer
+from vae_pipeline.models import vae as vae_lib
 
 pytestmark = pytest.mark.e2e
 
@@ -130,6 +132,25 @@ def test_reconstruction_loss_is_the_bce_of_reconstruction_and_input(served):
   np.testing.assert_allclose(served[features.LOSS],
                              served[features.RECONSTRUCTION_LOSS] + served[features.KL_LOSS],
                              rtol=1e-6)
+
+
+def test_the_served_graph_computes_the_trained_keras_model(first_run, served):
+  """The SavedModel (forward kernels derived at export, BatchNorm folded by TensorFlow) gives
+  what the Keras model computes with the weights the Trainer saved beside it."""
+  _, summary, _ = first_run
+  trainer_outputs = summary.component("Trainer").outputs
+  with open(os.path.join(trainer_outputs["model_run"][0], features.HISTORY_FILE)) as f:
+    config = json.load(f)["config"]
+  model = vae_lib.build_vae(tuple(config["image_shape"]), config["latent_dim"],
+                            config["hidden_units"])
+  model.load_weights(trainer.weights_path(trainer_outputs["model"][0])
+                     ).assert_existing_objects_matched()
+  images = served["inputs"].astype(np.float32) / 255.0
+  mean, log_var = model.encoder(images, training=False)
+  np.testing.assert_allclose(served[features.Z_MEAN], mean.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(served[features.Z_LOG_VAR], log_var.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(served[features.RECONSTRUCTION],
+                             model.decoder(mean, training=False).numpy(), atol=1e-4)
 
 
 def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served):

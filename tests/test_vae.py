@@ -80,6 +80,35 @@ def test_fast_transposed_conv_is_the_stock_one(filters, strides):
   assert results[0][0].shape == (3, 12 * strides, 8 * strides, filters)
 
 
+@pytest.mark.parametrize("filters", [1, 3, 4])
+def test_a_frozen_stride_1_transposed_conv_serves_the_same_function(filters):
+  """freeze_for_serving (done at export) stores the equivalent forward conv's kernel once:
+  inference then gives the stock layer's outputs at any batch size, the Keras weights (and so
+  checkpoints) are unchanged, and training still reads the kernel itself."""
+  rng = np.random.default_rng(1)
+  layers = [cls(filters, 3, padding="same", activation="relu")
+            for cls in (keras.layers.Conv2DTranspose, vae_lib.FastConv2DTranspose)]
+  for layer in layers:
+    layer(tf.zeros((1, 7, 7, 5)))
+  weights = [rng.normal(size=w.shape).astype(np.float32) for w in layers[0].get_weights()]
+  for layer in layers:
+    layer.set_weights(weights)
+  stock, fast = layers
+  forward_kernel = fast.freeze_for_serving()
+  assert forward_kernel.shape == (3, 3, 5, filters)
+  assert len(fast.weights) == 2 and all(w is not forward_kernel for w in fast.weights)
+  for batch in (1, 6):
+    inputs = tf.constant(rng.normal(size=(batch, 7, 7, 5)).astype(np.float32))
+    np.testing.assert_allclose(fast(inputs, training=False).numpy(), stock(inputs).numpy(),
+                               rtol=1e-5, atol=1e-5)
+  with tf.GradientTape() as tape:
+    outputs = fast(inputs, training=True)
+  assert tape.gradient(outputs, fast.kernel) is not None
+  strided = vae_lib.FastConv2DTranspose(4, 3, strides=2, padding="same")
+  strided(tf.zeros((1, 7, 7, 5)))
+  assert strided.freeze_for_serving() is None  # no forward-conv form: stays a transposed conv
+
+
 def test_bias_gradient_in_bfloat16_accumulates_in_float32():
   """TensorFlow's own BiasAddGrad sums bfloat16 in bfloat16 (far off for big batches)."""
   upstream = tf.random.stateless_normal([64, 28, 28, 16], seed=[0, 1], mean=1.0)
