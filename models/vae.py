@@ -63,10 +63,12 @@ class FastConv2DTranspose(keras.layers.Conv2DTranspose):
     in/out channels swapped. `freeze_for_serving` stores that kernel once, at export, and
     inference then runs the forward conv, which TensorFlow fuses with the bias and ReLU (at
     batch 1 the residual layer took 149 us as a transposed conv; flipping per call cost ~160 us).
-    Training keeps the transposed conv (as forward convs, training measured 10-30% slower).
-  - To one channel, the forward conv runs as a depthwise conv and a sum over input channels (in
-    training too). oneDNN's transposed conv to a single channel is slow: on 256 images of
-    28x28x32, 10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way.
+    Training keeps the transposed conv (with every transposed conv as convs, it trained 10-30%
+    slower).
+  - To one channel, the forward conv runs as a depthwise conv and a sum over input channels, in
+    training too. oneDNN's transposed conv to a single channel is slow: on 256 images of
+    28x28x32, 10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way. To
+    three channels the depthwise form is slower, so training uses the stock kernel there.
   - The bias is added by `bias_add` above (a correct and faster gradient in bfloat16).
 
   What this project does not use ("valid" padding, dilation, output padding, channels first)
