@@ -21,6 +21,7 @@ import shlex
 from tfx.orchestration import metadata
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
+from vae_pipeline import beam_local
 from vae_pipeline import cli
 from vae_pipeline.pipeline import create_pipeline
 
@@ -32,6 +33,7 @@ def build_dag(run_args=None, schedule=None):
   run_args = os.environ.get("VAE_PIPELINE_ARGS", "") if run_args is None else run_args
   schedule = schedule or os.environ.get("VAE_PIPELINE_SCHEDULE", DEFAULT_SCHEDULE)
   config = cli.run_config(cli.parse(["run"] + shlex.split(run_args)))
+  beam_local.skip_worker_packages_for_direct_runner()  # Airflow's task processes import this file
   os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
   pipeline = create_pipeline(
       config, metadata.sqlite_metadata_connection_config(config.metadata_path))

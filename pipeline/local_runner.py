@@ -9,6 +9,7 @@ from tfx.orchestration import metadata as tfx_metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
+from vae_pipeline import beam_local
 from vae_pipeline import progress
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.config import PipelineConfig
@@ -61,6 +62,7 @@ def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0) -> summary
   A component's failure propagates (after the summary of what did run is written).
   """
   config = config.resolved()
+  beam_local.skip_worker_packages_for_direct_runner()
   with store_lock(config.metadata_path, wait_seconds):
     return _run(config, show_progress)
 
@@ -88,6 +90,7 @@ def _run(config, show_progress):
 def run_example_gen(config: PipelineConfig) -> summary_lib.ComponentRun:
   """Runs ExampleGen alone (ingestion tests and benchmarks); returns its record."""
   config = config.resolved()
+  beam_local.skip_worker_packages_for_direct_runner()
   with store_lock(config.metadata_path):
     LocalDagRunner().run(Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
