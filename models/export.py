@@ -23,10 +23,9 @@ class VaeServing(tf.Module):
     self._keras = types.SimpleNamespace(encoder=model.encoder, decoder=model.decoder)
     self.model_variables = list(model.variables)
     # Kernels derived once from the trained ones (see vae.FastConv2DTranspose), saved with them.
-    self.serving_variables = [
-        kernel for layer in model.decoder.layers
-        if isinstance(layer, vae_lib.FastConv2DTranspose)
-        for kernel in [layer.freeze_for_serving()] if kernel is not None]
+    frozen = (layer.freeze_for_serving() for layer in model.decoder.layers
+              if isinstance(layer, vae_lib.FastConv2DTranspose))
+    self.serving_variables = [kernel for kernel in frozen if kernel is not None]
     self.tft_layer = tft_output.transform_features_layer()
     raw_spec = tft_output.raw_feature_spec()
     # Only the image is read: examples with or without a label are both accepted.
