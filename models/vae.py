@@ -82,7 +82,7 @@ class FastConv2DTranspose(keras.layers.Conv2DTranspose):
   def build(self, input_shape):
     super().build(input_shape)
     # Not a Keras weight (it is derived from the kernel, and checkpoints stay the same): a
-    # variable that VaeServing saves, set only by freeze_for_serving.
+    # variable set only by freeze_for_serving, at export, which the SavedModel holds as a constant.
     self._serving = types.SimpleNamespace(forward_kernel=None)
 
   def _forward_kernel(self):
