@@ -6,6 +6,7 @@ weights are constants of each signature's graph, not variables (see with_weights
 import types
 
 import tensorflow as tf
+# TensorFlow's own freezing (its TFLite converter uses it); not in the public `tf` namespace.
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from vae_pipeline.models import bounds

@@ -182,8 +182,8 @@ def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served
 
 
 def test_encode_score_and_generate_signatures(served):
-  # Each signature's graph is optimized on its own (constant weights folded with BatchNorm), so
-  # the same value can differ in the last float32 bits: atol covers values near 0.
+  # Each signature's graph, with its own copy of the constant weights, is optimized on its own,
+  # so the same value can differ in the last float32 bits: atol covers values near 0.
   np.testing.assert_allclose(served["encode/" + features.Z_MEAN], served[features.Z_MEAN],
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(served["encode/" + features.Z_LOG_VAR], served[features.Z_LOG_VAR],
