@@ -4,7 +4,8 @@
 
 Inputs are the bundled digits as raw tf.Examples (PNG-encoded), as a client would send them.
 Prints, per signature: batch-1 latency (median and 90th percentile over 300 calls) and batch-256
-throughput (images per second over 2 s of calls).
+throughput (images per second over 2 s of calls); then the per-call floor: the same for a
+function that does nothing, which tells how fast this machine is calling TensorFlow right now.
 """
 import argparse
 import os
@@ -28,6 +29,15 @@ def timed_calls(call, seconds=None, calls=None):
     call()
     durations.append(time.perf_counter() - t)
   return durations
+
+
+def call_floor(examples):
+  """Median seconds of calling a do-nothing concrete function as a signature is called."""
+  nothing = tf.function(lambda examples: {"examples": tf.identity(examples)})
+  nothing = nothing.get_concrete_function(tf.TensorSpec([None], tf.string, name="examples"))
+  for _ in range(20):
+    nothing(examples=examples)
+  return statistics.median(timed_calls(lambda: nothing(examples=examples), calls=300))
 
 
 def main():
@@ -61,6 +71,10 @@ def main():
     print(f"| `{name}` | {statistics.median(single) * 1e3:.2f} | "
           f"{single[int(0.9 * len(single))] * 1e3:.2f} | "
           f"{256 * len(batched) / sum(batched):,.0f} |", flush=True)
+  # On this 2-core VM the floor moved between 0.18 and 0.37 ms within a day, taking batch-1
+  # latencies with it: read them against it.
+  print(f"\nper-call floor (a function that does nothing, batch 1, p50): "
+        f"{call_floor(one) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
