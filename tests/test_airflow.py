@@ -35,7 +35,7 @@ def airflow_home(tmp_path_factory, digits):
       "from vae_pipeline.airflow_dag import DAG  # noqa: F401\n")
   env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
              AIRFLOW__CORE__LOAD_EXAMPLES="False",
-             AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="300",  # the DAG file imports TFX (~17 s)
+             AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="300",  # the DAG file imports TFX (8-17 s)
              VAE_PIPELINE_ARGS=(f"--data {data} --output-dir {out} --epochs 2 --batch-size 32 "
                                 "--latent-dim 2 --max-loss 1000"),
              VAE_PIPELINE_SCHEDULE="0 4 * * 1-5")
