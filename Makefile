@@ -29,9 +29,10 @@ venv: $(VENV)/.installed
 
 # compileall: uv, unlike pip, installs the ~23,000 modules without their bytecode, and where Python
 # may not write it (PYTHONDONTWRITEBYTECODE=1, as on CI and in many images) every command compiled
-# TensorFlow, Beam and TFX again: 18-24 s of imports before a run, against 5-6 s. (uv's
+# TensorFlow, Beam and TFX again: ~18 s of imports before a run, against ~6 s. (uv's
 # --compile-bytecode would skip a venv that is already installed.) What fails to compile (templates,
-# Python 2 leftovers) is never imported: not an error.
+# Python 2 leftovers) is never imported: not an error. The Makefile is a prerequisite so that a
+# venv built by an older recipe is brought up to date (a no-op compileall takes ~13 s).
 $(VENV)/.installed: requirements.lock setup.py Makefile
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(BIN)/python || $(UV) venv --quiet --python "$$(UV='$(UV)' scripts/python310.sh)" $(VENV)
