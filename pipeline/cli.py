@@ -5,6 +5,7 @@
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -88,9 +89,14 @@ def settings_options() -> argparse.ArgumentParser:
                             "argument of the same name (e.g. --beam-arg=--direct_num_workers=8)")
   options.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                        help="re-run every component instead of reusing cached results")
-  options.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks of failures")
+  add_verbose(options)
   return options
+
+
+def add_verbose(parser):
+  """--verbose, on every command: an unexpected failure's message asks for it."""
+  parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                      help="show tracebacks of failures and TensorFlow's C++ errors")
 
 
 def settings_of(args) -> dict:
@@ -134,7 +140,6 @@ def add_run_parser(commands, settings):
 
 def run_config(args) -> PipelineConfig:
   """The resolved PipelineConfig of `run`'s options (also what the Airflow DAG runs)."""
-  import os
   config = PipelineConfig(output_dir=args.output_dir, data=args.data, schema=args.schema,
                           **settings_of(args))
   if config.schema and not os.path.isfile(config.schema):
@@ -214,6 +219,7 @@ def add_cluster_parsers(commands, settings):
                       help=f"a runtime parameter, e.g. {kfp_lib.DATA_ROOT_PARAMETER}=gs://b/new")
   target.add_argument("--compiled", default="kubeflow",
                       help="the folder `compile` wrote")
+  add_verbose(target)
   submit = commands.add_parser("submit", parents=[target], help="start one run of the compiled "
                                "pipeline on Kubeflow Pipelines or Vertex AI")
   submit.set_defaults(handler=cluster_command)
@@ -248,7 +254,6 @@ def compile_command(args):
 
 
 def cluster_command(args):
-  import os
   from vae_pipeline import kubeflow_runner as kfp_lib
   parameters = {}
   for item in args.param:
@@ -298,6 +303,7 @@ def add_model_commands(commands):
            "--output-dir and --pipeline-name")
   model_options.add_argument("--output-dir", default=defaults.output_dir)
   model_options.add_argument("--pipeline-name", default=defaults.pipeline_name)
+  add_verbose(model_options)
   images_options = argparse.ArgumentParser(add_help=False)
   images_options.add_argument(
       "--size-policy", choices=images.SIZE_POLICIES, default="reject",
@@ -345,11 +351,11 @@ def add_runs_parser(commands):
   runs.add_argument("--output-dir", default=defaults.output_dir)
   runs.add_argument("--pipeline-name", default=defaults.pipeline_name)
   runs.add_argument("--last", type=int, default=20, help="show at most this many (newest)")
+  add_verbose(runs)
   runs.set_defaults(handler=runs_command)
 
 
 def runs_command(args):
-  import os
   config = PipelineConfig(output_dir=args.output_dir, pipeline_name=args.pipeline_name)
   if not os.path.isfile(config.metadata_path):
     raise UserError(f"no runs recorded: {config.metadata_path} does not exist (run "
@@ -392,6 +398,12 @@ class UserError(Exception):
 
 def main(argv=None):
   args = parse(argv)
+  if "verbose" not in args and os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "2":
+    # TensorFlow 2.16's wheel logs three C++ errors as it loads, on every machine ("Unable to
+    # register cuDNN factory", and cuFFT's and cuBLAS's): harmless, but they read like a failure
+    # before every command's output. 2 is this package's default (a user's 0 or 1 stays), and
+    # TensorFlow reads the level when it loads, which is after this.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
   try:
     return args.handler(args)
   except (UserError, ValueError) as error:

@@ -34,13 +34,22 @@ class Model:
       raise UseError(f"--model {path}: not a SavedModel folder (no saved_model.pb)")
     self.path = path
     self.loaded = tf.saved_model.load(path)
-    decode = self.loaded.signatures[features.DECODE_SIGNATURE]
+    decode = self.signature(features.DECODE_SIGNATURE)
     self.latent_dim = int(decode.structured_input_signature[1][features.LATENT_INPUT].shape[1])
     self.image_shape = tuple(int(d) for d in
                              decode.structured_outputs[features.IMAGES].shape[1:])
 
+  def signature(self, name):
+    """The named signature; a UseError if this model lacks it (another project's SavedModel,
+    or one pushed by a version of this pipeline that did not export it yet)."""
+    if name not in self.loaded.signatures:
+      raise UseError(f"the model {self.path} has no {name!r} signature (it has "
+                     f"{', '.join(sorted(self.loaded.signatures)) or 'none'}): pass --model with a "
+                     "model this pipeline pushed, or push a new one with `vae-pipeline run`")
+    return self.loaded.signatures[name]
+
   def call(self, signature, **inputs):
-    return {k: v.numpy() for k, v in self.loaded.signatures[signature](**inputs).items()}
+    return {k: v.numpy() for k, v in self.signature(signature)(**inputs).items()}
 
   def on_examples(self, signature, examples: List[bytes], show=None):
     """Calls an examples-in signature in batches; concatenates each output."""
