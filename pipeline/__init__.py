@@ -7,7 +7,8 @@ import os
 import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+# TensorFlow's C++ start-up chatter (the CLI also hides its import-time errors: cli.main).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Google client libraries warn on every import that Python 3.10 is old; TFX 1.16 needs it.
 warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
