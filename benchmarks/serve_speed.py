@@ -1,6 +1,11 @@
 """Serving speed of the pushed SavedModel's signatures, called in-process.
 
-    .venv/bin/python benchmarks/serve_speed.py [--model DIR]   # default: the latest `make run` push
+    .venv/bin/python benchmarks/serve_speed.py [--model DIR] [--intra-op-threads N]
+
+--model: default the latest `make run` push. Measured twice, each in a process of its own:
+with TensorFlow's default intra-op threads (one per core) and with one, as a TensorFlow Serving
+started with --tensorflow_intra_op_parallelism=1 runs (the setting the README recommends for
+this model). --intra-op-threads N measures that setting alone (0: TensorFlow's default).
 
 Inputs are the bundled digits as raw tf.Examples (PNG-encoded), as a client would send them.
 Prints, per signature: batch-1 latency (median and 90th percentile over 300 calls) and batch-256
@@ -10,6 +15,8 @@ function that does nothing, which tells how fast this machine is calling TensorF
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import vae_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
@@ -43,7 +50,17 @@ def call_floor(examples):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default=None)
+  parser.add_argument("--intra-op-threads", type=int, default=None,
+                      help="measure only with this many intra-op threads (0: one per core)")
   args = parser.parse_args()
+  if args.intra_op_threads is None:
+    model_args = ["--model", args.model] if args.model else []
+    for threads in (0, 1):  # fixed before TensorFlow starts: a process each
+      subprocess.run([sys.executable, __file__, "--intra-op-threads", str(threads)] + model_args,
+                     check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+      print()
+    return
+  tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
   model = use.Model(args.model or use.latest_pushed(PipelineConfig().serving_dir))
   files = tf.io.gfile.glob(os.path.join(bundled.bundled_dir(), "*.tfrecord.gz"))
   records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
@@ -57,7 +74,9 @@ def main():
       features.GENERATE_SIGNATURE: lambda n: {features.COUNT_INPUT: tf.constant(n),
                                               features.SEED_INPUT: tf.constant(1, tf.int64)},
   }
-  print(f"model: {model.path}\n")
+  threads = ("1 (TensorFlow Serving: --tensorflow_intra_op_parallelism=1)"
+             if args.intra_op_threads == 1 else args.intra_op_threads or "one per core (default)")
+  print(f"model: {model.path}\nintra-op threads: {threads}\n")
   print("| signature | batch-1 p50 ms | batch-1 p90 ms | batch-256 images/s |")
   print("|---|---|---|---|")
   for name, make in inputs.items():

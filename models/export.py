@@ -44,10 +44,6 @@ class VaeServing:
     self.score = tf.function(
         self._score, autograph=False,
         input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
-    self.generate = tf.function(
-        self._generate, autograph=False,
-        input_signature=[tf.TensorSpec([], tf.int32, name=features.COUNT_INPUT),
-                         tf.TensorSpec([], tf.int64, name=features.SEED_INPUT)])
 
   def _images(self, examples):
     raw = tf.io.parse_example(examples, self._raw_spec)
@@ -91,11 +87,62 @@ class VaeServing:
     _, _, _, rec, kl = self._deterministic_pass(self._images(examples))
     return {features.SCORE: rec + kl}
 
-  def _generate(self, count, seed):
-    """`count` images decoded from z ~ N(0, I); stateless draws, so a seed repeats them."""
-    z = tf.random.stateless_normal(tf.stack([count, self.latent_dim]),
-                                   seed=tf.stack([seed, tf.constant(0, tf.int64)]))
-    return {features.IMAGES: self.decoder(z, training=False)}
+  def generate_with(self, decode):
+    """The `generate` signature: `count` images decoded by `decode` (the decode signature) from
+    z ~ N(0, I); stateless draws, so a seed repeats them."""
+    def generate(count, seed):
+      z = tf.random.stateless_normal(tf.stack([count, self.latent_dim]),
+                                     seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+      return decode(**{features.LATENT_INPUT: z})
+
+    return tf.function(generate, autograph=False, input_signature=[
+        tf.TensorSpec([], tf.int32, name=features.COUNT_INPUT),
+        tf.TensorSpec([], tf.int64, name=features.SEED_INPUT)]).get_concrete_function()
+
+
+# Batches above this many inputs run as chunks of it, several at once (see in_parallel_chunks).
+CHUNK_SIZE = 64
+# Chunks in flight at once: TensorFlow runs them on its inter-op threads, one per core by default.
+PARALLEL_CHUNKS = 16
+
+
+def in_parallel_chunks(signature, batch_input):
+  """`signature` (a concrete function of keyword inputs) as one of the same inputs and outputs
+  that cuts a batch of `batch_input` above CHUNK_SIZE into chunks, runs them concurrently and
+  concatenates their outputs (all batch-major). A smaller batch is one direct call.
+
+  Why: each oneDNN op splits its work over the intra-op threads, which scales poorly on few
+  cores, and at batch 1 the hand-off costs more than the work. Chunks keep the cores busy with
+  independent ops instead. With one intra-op thread (TensorFlow Serving's
+  --tensorflow_intra_op_parallelism=1), batch 1 skips the hand-off while large batches still use
+  every core (README, "Serving speed").
+  """
+  specs = tf.nest.flatten(signature.structured_input_signature)
+
+  def call(**inputs):
+    batch = tf.shape(inputs[batch_input])[0]
+
+    def chunked():
+      count = (batch + CHUNK_SIZE - 1) // CHUNK_SIZE
+      arrays = tf.nest.map_structure(
+          lambda output: tf.TensorArray(output.dtype, size=count, infer_shape=False,
+                                        element_shape=output.shape),
+          signature.structured_outputs)
+
+      def body(i, arrays):
+        chunk = inputs[batch_input][i * CHUNK_SIZE:tf.minimum((i + 1) * CHUNK_SIZE, batch)]
+        outputs = signature(**dict(inputs, **{batch_input: chunk}))
+        return i + 1, tf.nest.map_structure(lambda array, output: array.write(i, output),
+                                            arrays, outputs)
+
+      _, arrays = tf.while_loop(lambda i, _: i < count, body, [tf.constant(0), arrays],
+                                parallel_iterations=PARALLEL_CHUNKS)
+      return tf.nest.map_structure(lambda array: array.concat(), arrays)
+
+    return tf.cond(batch <= CHUNK_SIZE, lambda: signature(**inputs), chunked)
+
+  return tf.function(call, autograph=False).get_concrete_function(
+      **{spec.name: spec for spec in specs})
 
 
 def with_weights_as_constants(function):
@@ -122,14 +169,18 @@ def with_weights_as_constants(function):
 
 def export_serving_model(model, tft_output, latent_dim, export_dir):
   module = VaeServing(model, tft_output, latent_dim)
-  signatures = {
+  examples_in = {
       features.SERVING_SIGNATURE: module.serve,
-      features.DECODE_SIGNATURE: module.decode,
       features.EVALUATION_SIGNATURE: module.evaluate,
       features.ENCODE_SIGNATURE: module.encode,
       features.SCORE_SIGNATURE: module.score,
-      features.GENERATE_SIGNATURE: module.generate,
   }
-  signatures = {name: with_weights_as_constants(function) for name, function in signatures.items()}
+  signatures = {name: in_parallel_chunks(with_weights_as_constants(function),
+                                         features.EXAMPLES_INPUT)
+                for name, function in examples_in.items()}
+  signatures[features.DECODE_SIGNATURE] = in_parallel_chunks(
+      with_weights_as_constants(module.decode), features.LATENT_INPUT)
+  signatures[features.GENERATE_SIGNATURE] = module.generate_with(
+      signatures[features.DECODE_SIGNATURE])
   # What the Pusher ships: the signatures and nothing else (no variables to restore).
   tf.saved_model.save(tf.Module(), export_dir, signatures=signatures)

@@ -20,6 +20,7 @@ from vae_pipeline import summary as summary_lib
 from vae_pipeline.components.anomalies_gate.executor import DataAnomaliesError
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.data.records import to_example
+from vae_pipeline.models import export
 from vae_pipeline.models import features
 from vae_pipeline.models import trainer
 from vae_pipeline.models import vae as vae_lib
@@ -77,6 +78,11 @@ def served(first_run, tmp_path_factory):
       for name in ("encode", "score"):
         called = model.signatures[name](examples=tf.constant(records))
         outputs.update({{name + "/" + k: v for k, v in called.items()}})
+      # One example at a time (the first and the last), and decode on the whole batch.
+      ones = [serve(examples=tf.constant(records[i:i + 1])) for i in (0, len(records) - 1)]
+      for key in ("loss", "reconstruction"):
+        outputs["one/" + key] = tf.concat([one[key] for one in ones], 0)
+      outputs["decode/images"] = model.signatures["decode"](z=outputs["z_mean"])["images"]
       generate = model.signatures["generate"]
       outputs["generate/a"] = generate(count=tf.constant(6), seed=tf.constant(7, tf.int64))["images"]
       outputs["generate/b"] = generate(count=tf.constant(6), seed=tf.constant(7, tf.int64))["images"]
@@ -179,6 +185,16 @@ def test_evaluator_mean_loss_is_the_mean_of_the_signature_loss(first_run, served
     by_hand = served["evaluate/" + name].astype(np.float64).mean()
     assert abs(summary.metrics[name] - by_hand) < 0.01 * by_hand, (name, summary.metrics[name],
                                                                    by_hand)
+
+
+def test_a_large_batch_is_served_in_chunks_with_the_same_outputs(served):
+  """Above export.CHUNK_SIZE a signature runs its batch as concurrent chunks (the last one
+  shorter); the outputs are those of one example at a time, in order."""
+  assert served["inputs"].shape[0] > export.CHUNK_SIZE
+  np.testing.assert_allclose(served["one/loss"], served[features.LOSS][[0, -1]], rtol=1e-5)
+  np.testing.assert_allclose(served["one/reconstruction"],
+                             served[features.RECONSTRUCTION][[0, -1]], atol=1e-5)
+  np.testing.assert_allclose(served["decode/images"], served[features.RECONSTRUCTION], atol=1e-5)
 
 
 def test_encode_score_and_generate_signatures(served):
