@@ -171,13 +171,15 @@ def export_serving_model(model, tft_output, latent_dim, export_dir):
   module = VaeServing(model, tft_output, latent_dim)
   examples_in = {
       features.SERVING_SIGNATURE: module.serve,
-      features.EVALUATION_SIGNATURE: module.evaluate,
       features.ENCODE_SIGNATURE: module.encode,
       features.SCORE_SIGNATURE: module.score,
   }
   signatures = {name: in_parallel_chunks(with_weights_as_constants(function),
                                          features.EXAMPLES_INPUT)
                 for name, function in examples_in.items()}
+  # Not in chunks: each of its calls decodes up to bounds.MAX_DECODES images (~0.5 GB), and
+  # chunks in flight at once would each hold that much.
+  signatures[features.EVALUATION_SIGNATURE] = with_weights_as_constants(module.evaluate)
   signatures[features.DECODE_SIGNATURE] = in_parallel_chunks(
       with_weights_as_constants(module.decode), features.LATENT_INPUT)
   signatures[features.GENERATE_SIGNATURE] = module.generate_with(
