@@ -220,14 +220,21 @@ def test_saved_model_cli_shows_and_runs_the_signatures(first_run, tmp_path):
   assert shown.returncode == 0, shown.stderr[-2000:]
   for signature in ("serving_default", "encode", "decode", "generate", "score", "evaluate"):
     assert f"signature_def['{signature}']" in shown.stdout
+  # More images than export.CHUNK_SIZE: the decoding runs in chunks, here in a TF1-style session
+  # as TensorFlow Serving runs signatures.
+  count = export.CHUNK_SIZE + 6
   out = tmp_path / "generated"
   ran = subprocess.run([cli, "run", "--dir", summary.pushed_dir, "--tag_set", "serve",
                         "--signature_def", "generate", "--input_exprs",
-                        "count=3;seed=5", "--outdir", str(out)],
+                        f"count={count};seed=5", "--outdir", str(out)],
                        capture_output=True, text=True, timeout=300)
   assert ran.returncode == 0, ran.stderr[-2000:]
   images = np.load(out / "images.npy")
-  assert images.shape == (3, 28, 28, 1) and 0.0 <= images.min() <= images.max() <= 1.0
+  assert images.shape == (count, 28, 28, 1) and 0.0 <= images.min() <= images.max() <= 1.0
+  # The same images as an eager call in this process.
+  loaded = tf.saved_model.load(summary.pushed_dir)
+  eager = loaded.signatures["generate"](count=tf.constant(count), seed=tf.constant(5, tf.int64))
+  np.testing.assert_allclose(images, eager["images"].numpy(), atol=1e-6)
 
 
 def test_likelihood_bounds_are_ordered_per_image(served):
