@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-quality bench-train-speed lock venv clean
+.PHONY: run test bench bench-quality bench-train-speed bench-serve-speed lock venv clean
 
 run: venv
 	$(BIN)/vae-pipeline run $(ARGS)
@@ -24,6 +24,9 @@ bench-quality: venv
 
 bench-train-speed: venv
 	$(BIN)/python benchmarks/train_speed.py --ceiling $(ARGS)
+
+bench-serve-speed: venv
+	$(BIN)/python benchmarks/serve_speed.py $(ARGS)
 
 venv: $(VENV)/.installed
 
