@@ -1,7 +1,8 @@
 """The SavedModel's signatures: raw tf.Examples in, deterministic outputs (z = mean) out.
 
 The Transform graph is applied inside, so a client needs nothing but TensorFlow. The trained
-weights are constants of each signature's graph, not variables (see with_weights_as_constants).
+weights are constants of each signature's graph, not variables (see with_weights_as_constants),
+and large batches run as concurrent chunks (see in_parallel_chunks).
 """
 import tensorflow as tf
 # TensorFlow's own freezing (its TFLite converter uses it); not in the public `tf` namespace.
