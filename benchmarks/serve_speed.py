@@ -74,8 +74,9 @@ def main():
       features.GENERATE_SIGNATURE: lambda n: {features.COUNT_INPUT: tf.constant(n),
                                               features.SEED_INPUT: tf.constant(1, tf.int64)},
   }
-  threads = ("1 (TensorFlow Serving: --tensorflow_intra_op_parallelism=1)"
-             if args.intra_op_threads == 1 else args.intra_op_threads or "one per core (default)")
+  threads = {0: "one per core (default)",
+             1: "1 (TensorFlow Serving: --tensorflow_intra_op_parallelism=1)"}.get(
+                 args.intra_op_threads, args.intra_op_threads)
   print(f"model: {model.path}\nintra-op threads: {threads}\n")
   print("| signature | batch-1 p50 ms | batch-1 p90 ms | batch-256 images/s |")
   print("|---|---|---|---|")
@@ -90,7 +91,7 @@ def main():
     print(f"| `{name}` | {statistics.median(single) * 1e3:.2f} | "
           f"{single[int(0.9 * len(single))] * 1e3:.2f} | "
           f"{256 * len(batched) / sum(batched):,.0f} |", flush=True)
-  # On this 2-core VM the floor moved between 0.16 and 0.37 ms within a day, taking batch-1
+  # On this 2-core VM the floor moved between 0.13 and 0.37 ms over two days, taking batch-1
   # latencies with it: read them against it.
   print(f"\nper-call floor (a function that does nothing, batch 1, p50): "
         f"{call_floor(one) * 1e3:.2f} ms")
