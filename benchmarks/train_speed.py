@@ -2,16 +2,19 @@
 
     .venv/bin/python benchmarks/train_speed.py [--epochs 4] [--rounds 3] [--ceiling]
 
-Same model (the default architecture), same 4,000 digits, same batch size, one process, run
-one after the other. "plain Keras fit" is `model.fit(numpy_array)` in float32 with the stock
-Keras layers (`Conv2DTranspose` among them), as a Keras user writes it; "Trainer" is
-trainer.train_vae as the pipeline calls it (cached tf.data input, mixed bfloat16 where the CPU
-has it, cosine schedule, `vae.FastConv2DTranspose`: same weights, same function). Steady
-state, two ways: "steps only" is the median of epochs 2..N counting training steps only;
+Same model (the default architecture), same 4,000 digits, same batch size, run one after the
+other. "plain Keras fit" is `model.fit(numpy_array)` in float32 with the stock Keras layers
+(`Conv2DTranspose` among them), as a Keras user writes it, in this process. "Trainer, one
+process" is trainer.train_vae in this process (cached tf.data input, mixed bfloat16 where the
+CPU has it, cosine schedule, `vae.FastConv2DTranspose`: same weights, same function). "Trainer
+(default)" is what the pipeline's Trainer runs on a CPU-only machine: the same loop in one
+one-thread process per core, each on its share of every batch (core_parallel.train_on_cores).
+Steady state, two ways: "steps only" is the median of epochs 2..N counting training steps only;
 "wall" is images per second from the end of epoch 1 to the end of epoch N, counting whatever
 the loop does between epochs (Keras makes a new input iterator every epoch; with
 tf.data's autotuning, tearing the old one down stalled it: see trainer.without_autotuning).
-Warm-up: the first epoch minus a steady one (tracing, graph optimization).
+Warm-up: the first epoch minus a steady one (tracing, graph optimization). "Call s": the whole
+call, start-up included (for the default, starting its processes: imports, ~4 s).
 
 --ceiling also runs the Trainer's loop in child processes pinned to one core with one thread,
 first one alone, then one per core at once. When the pair keeps the lone speed, the cores do
@@ -19,12 +22,12 @@ not share execution units, and their sum is what two cores can give this loop: t
 that any way of spreading one training step over both cores is measured against.
 """
 import argparse
-import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -34,6 +37,7 @@ import tf_keras as keras  # noqa: E402
 
 import quality  # noqa: E402  (the same data split)
 from vae_pipeline.config import PipelineConfig  # noqa: E402
+from vae_pipeline.models import core_parallel  # noqa: E402
 from vae_pipeline.models import trainer  # noqa: E402
 from vae_pipeline.models import vae as vae_lib  # noqa: E402
 
@@ -52,6 +56,11 @@ def plain_fit(config, images):
 def trainer_fit(config, images):
   _, record = trainer.train_vae(config, quality.batches(images, config["batch_size"],
                                                         config["seed"]), verbose=0)
+  return record["epoch_seconds"], record["epoch_ended"]
+
+
+def trainer_on_cores(config, images):
+  _, record = core_parallel.train_on_cores(config, images, verbose=0)
   return record["epoch_seconds"], record["epoch_ended"]
 
 
@@ -79,7 +88,7 @@ def one_core_runs(cpus, epochs):
   return [json.loads(output.strip().splitlines()[-1])["images_per_s"] for output in outputs]
 
 
-def print_ceiling(epochs, plain, trainer_speed):
+def print_ceiling(epochs, plain, one_process, on_cores):
   cpus = sorted(os.sched_getaffinity(0))[:2]
   if len(cpus) < 2:
     print("\n--ceiling needs two cores")
@@ -90,7 +99,8 @@ def print_ceiling(epochs, plain, trainer_speed):
   print(f"\nOne core, one thread (the Trainer's loop, steps only): {alone:,.0f} images/s alone; "
         f"{pair[0]:,.0f} and {pair[1]:,.0f} as two processes at once, one per core.")
   print(f"Two-core ceiling (their sum): {ceiling:,.0f} images/s = {ceiling / plain:.2f}x plain "
-        f"fit; the Trainer reached {trainer_speed / ceiling:.0%} of it.")
+        f"fit; the Trainer reached {on_cores / ceiling:.0%} of it ({one_process / ceiling:.0%} in "
+        "one process).")
 
 
 def main():
@@ -106,36 +116,41 @@ def main():
     return
   images, _ = quality.load_split()
   default = PipelineConfig(image_shape=(28, 28, 1), epochs=args.epochs)
+  processes = core_parallel.processes_for(default.batch_size)
   loops = [
       ("plain Keras fit (float32)", plain_fit, default),
-      ("Trainer, float32", trainer_fit, dataclasses.replace(default, mixed_precision=False)),
-      ("Trainer (default: mixed bfloat16)", trainer_fit, default),
+      ("Trainer, one process (mixed bfloat16)", trainer_fit, default),
+      (f"Trainer (default: {processes} one-thread processes, mixed bfloat16)", trainer_on_cores,
+       default),
   ]
   # Rounds interleave the loops, so a slow spell of this (shared) machine hits all of them.
   results = {name: [] for name, _, _ in loops}
   for round_ in range(args.rounds):
     for name, fit, config in loops:
+      started = time.perf_counter()
       seconds, ended = fit(config.trainer_config(), images)
+      call = time.perf_counter() - started
       steady = statistics.median(seconds[1:])
       wall = len(images) * (len(ended) - 1) / (ended[-1] - ended[0])
-      results[name].append((len(images) / steady, wall, seconds[0] - steady, seconds[0]))
+      results[name].append((len(images) / steady, wall, seconds[0] - steady, seconds[0], call))
       print(round_, name, results[name][-1], flush=True)
   base = results[loops[0][0]]
   print(f"\n{len(images):,} images, batch {default.batch_size}, {args.epochs} epochs per loop and "
         f"round, {args.rounds} rounds; medians over rounds; ratio: median of per-round ratios")
   print("| loop | steady images/s, wall | vs plain fit | steady images/s, steps only | "
-        "vs plain fit | first epoch s | warm-up s |")
-  print("|---|---|---|---|---|---|---|")
+        "vs plain fit | first epoch s | warm-up s | call s |")
+  print("|---|---|---|---|---|---|---|---|")
   for name, rows in results.items():
     wall_ratio = statistics.median(row[1] / b[1] for row, b in zip(rows, base))
     steps_ratio = statistics.median(row[0] / b[0] for row, b in zip(rows, base))
-    speed, wall, warm_up, first = (statistics.median(column) for column in zip(*rows))
+    speed, wall, warm_up, first, call = (statistics.median(column) for column in zip(*rows))
     print(f"| {name} | {wall:,.0f} | {wall_ratio:.2f}x | {speed:,.0f} | {steps_ratio:.2f}x | "
-          f"{first:.1f} | {warm_up:.1f} |")
+          f"{first:.1f} | {warm_up:.1f} | {call:.1f} |")
   if args.ceiling:
     def steps_only(name):
       return statistics.median(row[0] for row in results[name])
-    print_ceiling(args.epochs, steps_only(loops[0][0]), steps_only(loops[-1][0]))
+    print_ceiling(args.epochs, steps_only(loops[0][0]), steps_only(loops[1][0]),
+                  steps_only(loops[2][0]))
 
 
 if __name__ == "__main__":

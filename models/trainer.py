@@ -5,10 +5,12 @@ import os
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from vae_pipeline.models import core_parallel
 from vae_pipeline.models import distribute
 from vae_pipeline.models import export
 from vae_pipeline.models import features
@@ -44,6 +46,11 @@ def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=Non
   if shuffle:
     dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
   return dataset.batch(batch_size).prefetch(2)  # cached in memory: no need to tune more
+
+
+def images_of(dataset):
+  """All images of a batched dataset, in one float32 array (what train_on_cores shares)."""
+  return np.concatenate(list(dataset.as_numpy_iterator()))
 
 
 def without_autotuning(dataset):
@@ -138,12 +145,14 @@ def warm_start(model, weights):
 
 
 def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir=None,
-              verbose=2, initial_weights=None):
+              verbose=2, initial_weights=None, exchange=None):
   """Builds and trains the VAE as the pipeline does; returns (float32 model, history record).
 
   config: the Trainer's custom_config (PipelineConfig.trainer_config()). `train` yields shuffled
   batches of images; `recalibration_images` shuffled batches for BatchNorm (default: `train`).
   initial_weights: a weights checkpoint of an earlier model (warm start), or None.
+  exchange: this process's core_parallel.GradientExchange when several processes train together
+  (see train_on_cores); only the first of them recalibrates BatchNorm and returns a model.
   """
   keras.utils.set_random_seed(config["seed"])
   policy = "mixed_bfloat16" if config["mixed_precision"] else None
@@ -169,6 +178,10 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     # Creating Adam's slots now means the train step is traced once, not twice (~0.6 s of
     # warm-up). The legacy optimizer has no public call for it; tf_keras' legacy code is frozen.
     optimizer._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
+  if exchange is not None:
+    model.exchange = exchange
+    # Each process draws its own epsilons (the weights above are the same in every process).
+    tf.random.set_seed(config["seed"] + exchange.index)
   timer = EpochTimer()  # listed before RecalibrateBeforeValidation: times training steps only
   callbacks = [StopOnNonFiniteLoss(), timer]
   if evaluation is not None:
@@ -187,16 +200,29 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
   history = model.fit(train.repeat(), steps_per_epoch=len(batch_sizes), epochs=config["epochs"],
                       validation_freq=validation_freq, verbose=verbose, callbacks=callbacks,
                       **validation)
+  if exchange is not None:
+    exchange.report_weights([w.numpy() for w in model.trainable_weights])
+    if exchange.index > 0:
+      return None, None
   recalibrate_batchnorm(model, recalibration_images)
   record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
   record.update(epoch_seconds=timer.seconds, epoch_ended=timer.ended,
                 train_images=sum(batch_sizes),
+                train_processes=1 if exchange is None else exchange.count,
                 # 1-based epochs that the val_* entries belong to (Keras validates every Nth).
                 val_epochs=[e for e in range(1, config["epochs"] + 1) if e % validation_freq == 0]
                 if evaluation is not None else [])
   if policy:  # serve float32: the same weights, no bfloat16 rounding, fast on any CPU
     model = vae_lib.copy_weights(model, vae_lib.build_vae(**architecture))
   return model, record
+
+
+def processes_here(config, train_images):
+  """How many processes train on this machine (core_parallel.processes_to_use)."""
+  gpus = len(tf.config.list_physical_devices("GPU"))
+  return core_parallel.processes_to_use(
+      config, distribute.strategy_name(os.environ.get("TF_CONFIG", ""), gpus), gpus,
+      train_images)
 
 
 def run_fn(fn_args):
@@ -215,8 +241,15 @@ def run_fn(fn_args):
   # its SavedModel.
   initial_weights = (weights_path(os.path.dirname(fn_args.base_model)) if fn_args.base_model
                      else None)
-  model, record = train_vae(config, train, evaluation, recalibration_images,
-                            log_dir=fn_args.model_run_dir, initial_weights=initial_weights)
+  train_images = images_of(train)  # parsed once: the dataset caches what it reads
+  processes = processes_here(config, len(train_images))
+  if processes > 1:  # one per core, each with one thread: see models/core_parallel.py
+    model, record = core_parallel.train_on_cores(
+        config, train_images, images_of(evaluation), log_dir=fn_args.model_run_dir,
+        initial_weights=initial_weights, processes=processes)
+  else:
+    model, record = train_vae(config, train, evaluation, recalibration_images,
+                              log_dir=fn_args.model_run_dir, initial_weights=initial_weights)
   # Every worker of a multi-worker run must save (collective ops); only the chief's copy is kept.
   serving_dir = (fn_args.serving_model_dir if distribute.is_chief()
                  else tempfile.mkdtemp(prefix="non-chief-model-"))

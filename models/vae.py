@@ -213,6 +213,8 @@ class VAE(keras.Model):
     self.decoder = decoder
     self.sampling = Sampling(dtype="float32")
     self.beta = beta
+    # Set by the Trainer when several processes train together (models/core_parallel.py).
+    self.exchange = None
     self.trackers = {name: keras.metrics.Mean(name=name)
                      for name in ("loss", "reconstruction_loss", "kl_loss")}
 
@@ -242,14 +244,31 @@ class VAE(keras.Model):
   # tensor-dependent Python control flow to convert.
   @tf.autograph.experimental.do_not_convert
   def train_step(self, images):
+    if self.exchange is None:
+      with tf.GradientTape() as tape:
+        rec, kl = self.losses_of(images, training=True)
+        # Replicas' gradients are summed (tf.distribute): each averages over its share of the
+        # global batch. One replica: the plain batch mean.
+        loss = (tf.reduce_mean(rec + self.beta * kl)
+                / self.distribute_strategy.num_replicas_in_sync)
+      grads = tape.gradient(loss, self.trainable_weights)
+      self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+      return self._update_trackers(rec, kl, rec + self.beta * kl)
+    # One of several processes (models/core_parallel.py): this one trains on its share of the
+    # batch; the gradients of the batch mean are the sum of each share's.
+    batch = tf.cast(tf.shape(images)[0], tf.float32)
     with tf.GradientTape() as tape:
-      rec, kl = self.losses_of(images, training=True)
-      # Replicas' gradients are summed (tf.distribute): each averages over its share of the
-      # global batch. One replica: the plain batch mean.
-      loss = tf.reduce_mean(rec + self.beta * kl) / self.distribute_strategy.num_replicas_in_sync
+      rec, kl = self.losses_of(self.exchange.share_of(images), training=True)
+      loss = tf.reduce_sum(rec + self.beta * kl) / batch
     grads = tape.gradient(loss, self.trainable_weights)
+    *grads, sums = self.exchange.sum_over_processes(
+        grads + [tf.stack([tf.reduce_sum(rec), tf.reduce_sum(kl)])])
     self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-    return self._update_trackers(rec, kl, rec + self.beta * kl)
+    rec, kl = sums[0] / batch, sums[1] / batch  # the whole batch's means
+    for name, value in (("loss", rec + self.beta * kl), ("reconstruction_loss", rec),
+                        ("kl_loss", kl)):
+      self.trackers[name].update_state(value, sample_weight=batch)
+    return {name: tracker.result() for name, tracker in self.trackers.items()}
 
   @tf.autograph.experimental.do_not_convert
   def test_step(self, images):

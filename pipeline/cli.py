@@ -69,6 +69,10 @@ def settings_options() -> argparse.ArgumentParser:
                        default=argparse.SUPPRESS,
                        help="train in float32 instead of mixed bfloat16 (the served model is "
                             "float32 either way)")
+  options.add_argument("--train-processes", type=int, default=defaults.train_processes,
+                       help="processes that train together, one thread each (0: one per core, "
+                            "each with at least 64 images of a batch, when epochs x images >= "
+                            "100,000; 1: the Trainer's own)")
   options.add_argument("--train-buckets", type=int, default=defaults.train_buckets,
                        help="hash buckets of the input that go to the train split")
   options.add_argument("--eval-buckets", type=int, default=defaults.eval_buckets,
@@ -109,6 +113,7 @@ def settings_of(args) -> dict:
       hidden_units=args.hidden_units, epochs=args.epochs,
       mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
+      train_processes=args.train_processes,
       clip_norm=args.clip_norm, train_buckets=args.train_buckets, eval_buckets=args.eval_buckets,
       seed=args.seed, max_loss=getattr(args, "max_loss", None),
       max_loss_increase=args.max_loss_increase, enable_cache="no_cache" not in args,

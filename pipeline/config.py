@@ -86,6 +86,11 @@ class PipelineConfig:
   seed: int = 42
   # bfloat16 compute where the CPU or GPU has it (weights, heads and the served model float32).
   mixed_precision: bool = True
+  # Processes that train together, each on its share of every batch with one thread
+  # (models/core_parallel.py). 0: one per core on a CPU-only machine, each with at least 64
+  # images of a batch, for trainings on 100,000 images or more (epochs x images); 1: train in
+  # the Trainer's own process.
+  train_processes: int = 0
 
   # Blessing: eval `loss` (nats per image) under `max_loss` (None: DEFAULT_MAX_LOSS_PER_PIXEL
   # x H x W x C) and at most `max_loss_increase` above the latest blessed model's.
@@ -135,6 +140,9 @@ class PipelineConfig:
                  "train_buckets", "eval_buckets"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    if self.train_processes < 0:
+      raise ValueError(f"train_processes must be 0 (one per core) or more, got "
+                       f"{self.train_processes}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
     if self.clip_norm <= 0:
@@ -193,7 +201,8 @@ class PipelineConfig:
             "hidden_units": self.hidden_units, "epochs": self.epochs,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "clip_norm": self.clip_norm,
-            "beta": self.beta, "seed": self.seed, "mixed_precision": self.mixed_precision}
+            "beta": self.beta, "seed": self.seed, "mixed_precision": self.mixed_precision,
+            "train_processes": self.train_processes}
 
   def transform_config(self) -> dict:
     return {"image_shape": list(self.image_shape)}

@@ -28,8 +28,10 @@ from vae_pipeline.models import vae as vae_lib
 pytestmark = pytest.mark.e2e
 
 NUM_IMAGES = 400
+# Two training processes (the default on a 2-core machine gives batch 32 one): the Trainer's
+# processes run under TFX here.
 FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--learning-rate", "2e-3",
-             "--max-loss", "1000"]
+             "--max-loss", "1000", "--train-processes", "2"]
 ALL_COMPONENTS = {"ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
                   "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
                   "RunReport"}
@@ -104,8 +106,12 @@ def test_first_run_executes_every_component(first_run):
   assert set(states) == ALL_COMPONENTS
   assert set(states.values()) == {"COMPLETE"}, states
   assert summary.metrics["example_count"] > 0.1 * NUM_IMAGES
-  # The user saw progress and a summary.
-  assert "Trainer ..." in stdout and "Blessed" in stdout and "Pushed to:" in stdout
+  # The user saw progress (the first training process prints Keras' epochs) and a summary.
+  assert "Trainer ..." in stdout and "Epoch 3/3" in stdout
+  assert "Blessed" in stdout and "Pushed to:" in stdout
+  with open(os.path.join(summary.component("Trainer").outputs["model_run"][0],
+                         features.HISTORY_FILE)) as f:
+    assert json.load(f)["train_processes"] == 2
 
 
 def test_first_run_is_blessed_and_pushed_under_the_serving_dir(first_run):

@@ -56,7 +56,9 @@ def runs(tmp_path_factory, digits):
   second = local_runner.run(config(), show_progress=False)
   window = local_runner.run(config(span_window=2), show_progress=False)
   again = local_runner.run(config(span_window=2), show_progress=False)
-  warm = local_runner.run(config(span_window=2, warm_start=True), show_progress=False)
+  # In two training processes: each starts from the blessed model's weights.
+  warm = local_runner.run(config(span_window=2, warm_start=True, train_processes=2),
+                          show_progress=False)
   return first, second, window, again, warm
 
 

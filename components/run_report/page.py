@@ -100,6 +100,8 @@ def training_section(facts) -> str:
       ["epochs", _e(len(history.get("loss", [])))],
       ["training seconds (steps only)", _number(sum(seconds), 1)],
       ["images per second, steady", _number(images / steady if images and steady else None, 0)],
+      ["training processes (one thread each when more than one)",
+       _e(history.get("train_processes", 1))],
       ["final training loss", _number((history.get("loss") or [None])[-1])],
       ["final validation loss", _number((history.get("val_loss") or [None])[-1])],
   ] + [[_e(k.replace("_", " ")), _e(v)] for k, v in sorted(config.items())
