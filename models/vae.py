@@ -234,9 +234,10 @@ class VAE(keras.Model):
     kl = kl_loss(mean, log_var)
     return rec, kl
 
-  def _update_trackers(self, rec, kl, loss):
+  def _update_trackers(self, rec, kl, loss, weight=None):
+    """Per-image values, or batch means with the batch size as their weight."""
     for name, value in (("loss", loss), ("reconstruction_loss", rec), ("kl_loss", kl)):
-      self.trackers[name].update_state(value)
+      self.trackers[name].update_state(value, sample_weight=weight)
     return {name: tracker.result() for name, tracker in self.trackers.items()}
 
   # AutoGraph has no rule against converting tf_keras (only `keras`), so it would rewrite Keras'
@@ -265,10 +266,7 @@ class VAE(keras.Model):
         grads + [tf.stack([tf.reduce_sum(rec), tf.reduce_sum(kl)])])
     self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
     rec, kl = sums[0] / batch, sums[1] / batch  # the whole batch's means
-    for name, value in (("loss", rec + self.beta * kl), ("reconstruction_loss", rec),
-                        ("kl_loss", kl)):
-      self.trackers[name].update_state(value, sample_weight=batch)
-    return {name: tracker.result() for name, tracker in self.trackers.items()}
+    return self._update_trackers(rec, kl, rec + self.beta * kl, weight=batch)
 
   @tf.autograph.experimental.do_not_convert
   def test_step(self, images):
