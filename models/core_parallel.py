@@ -267,21 +267,18 @@ def _work(job):
   exchange = GradientExchange(job["index"], count, job["exchange"],
                               job["size"], job["send_fds"], job["receive_fds"])
   keras.utils.set_random_seed(config["seed"])  # every worker shuffles the same way
-  images = np.load(os.path.join(work, "train.npy"), mmap_mode="r")
-
-  def shuffled(batch_size):
-    return (tf.data.Dataset.from_tensor_slices(images)
-            .shuffle(10_000, seed=config["seed"], reshuffle_each_iteration=True)
-            .batch(batch_size).prefetch(2))
-
+  images = tf.data.Dataset.from_tensor_slices(
+      np.load(os.path.join(work, "train.npy"), mmap_mode="r"))
   # A batch with fewer images than processes would leave one without any: skipped.
-  train = shuffled(config["batch_size"]).filter(lambda batch: tf.shape(batch)[0] >= count)
+  train = (trainer.batches_of(images, config["batch_size"], shuffle=True, seed=config["seed"])
+           .filter(lambda batch: tf.shape(batch)[0] >= count))
   evaluation = recalibration = None
   if job["validate"]:
-    evaluation = (tf.data.Dataset.from_tensor_slices(np.load(os.path.join(work, "eval.npy")))
-                  .batch(config["batch_size"]))
+    evaluation = trainer.batches_of(tf.data.Dataset.from_tensor_slices(
+        np.load(os.path.join(work, "eval.npy"))), config["batch_size"])
   if job["index"] == 0:
-    recalibration = shuffled(trainer.RECALIBRATION_BATCH_SIZE)
+    recalibration = trainer.batches_of(images, trainer.RECALIBRATION_BATCH_SIZE, shuffle=True,
+                                       seed=config["seed"])
   model, record = trainer.train_vae(config, train, evaluation, recalibration,
                                     log_dir=job["log_dir"], verbose=job["verbose"],
                                     initial_weights=job["initial_weights"], exchange=exchange)

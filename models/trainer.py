@@ -43,9 +43,14 @@ def image_dataset(file_patterns, tft_output, batch_size, shuffle=False, seed=Non
                   num_parallel_calls=tf.data.AUTOTUNE)
              .unbatch()
              .cache())
+  return batches_of(dataset, batch_size, shuffle, seed)
+
+
+def batches_of(images, batch_size, shuffle=False, seed=None):
+  """A dataset of single images in memory -> batches, reshuffled every epoch when asked."""
   if shuffle:
-    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-  return dataset.batch(batch_size).prefetch(2)  # cached in memory: no need to tune more
+    images = images.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+  return images.batch(batch_size).prefetch(2)  # in memory: no need to tune more
 
 
 def images_of(dataset):
