@@ -85,10 +85,16 @@ def processes_to_use(config, strategy_name, gpus, train_images):
 
 class GradientExchange:
   """One process's end of the all-reduce: a shared file of [2, processes, size] float32 slots and
-  a pipe to and from every other process (a byte through each says "my slot is written")."""
+  a pipe to and from every other process (a byte through each says "my slot is written").
 
-  def __init__(self, index, count, buffer_path, size, send_fds, receive_fds):
+  clip_norm: each variable's summed gradient is clipped to this norm, as Keras' `clipnorm` would
+  (the optimizer then clips nothing): in numpy on the sum at hand, ~0.2 ms a step, where Keras'
+  ~100 ops for the 26 variables took ~0.9 ms.
+  """
+
+  def __init__(self, index, count, buffer_path, size, send_fds, receive_fds, clip_norm=None):
     self.index, self.count, self.size = index, count, size
+    self.clip_norm = clip_norm
     # Two sets of slots, used in turn: a process may write step t+1's gradients while another
     # still reads step t's (it cannot get further ahead: step t+1 waits for everyone's byte).
     self.buffer_path = buffer_path
@@ -101,10 +107,14 @@ class GradientExchange:
     total = tf.shape(images)[0]
     return images[total * self.index // self.count:total * (self.index + 1) // self.count]
 
-  def sum_over_processes(self, tensors):
-    """In a traced train step: each float32 tensor summed over all processes."""
-    sums = tf.numpy_function(self._sum, tensors, [tf.float32] * len(tensors), stateful=True)
-    return [tf.ensure_shape(total, t.shape) for total, t in zip(sums, tensors)]
+  def sum_over_processes(self, gradients, others):
+    """In a traced train step: gradients and other float32 tensors (the loss sums), each summed
+    over all processes; each gradient's sum then clipped to clip_norm."""
+    tensors = list(gradients) + list(others)
+    sums = tf.numpy_function(lambda *arrays: self._sum(arrays, clipped=len(gradients)), tensors,
+                             [tf.float32] * len(tensors), stateful=True)
+    sums = [tf.ensure_shape(total, t.shape) for total, t in zip(sums, tensors)]
+    return sums[:len(gradients)], sums[len(gradients):]
 
   def report_weights(self, weights):
     """Leaves a digest of this process's trained weights, for check_same_weights."""
@@ -114,7 +124,8 @@ class GradientExchange:
     with open(weights_digest_path(self.buffer_path, self.index), "w") as f:
       f.write(digest.hexdigest())
 
-  def _sum(self, *arrays):
+  def _sum(self, arrays, clipped=0):
+    """The sums of `arrays` over all processes; the first `clipped` of them clipped."""
     sizes = [array.size for array in arrays]
     if sum(sizes) != self.size:
       raise ValueError(f"exchange of {sum(sizes)} values, buffer of {self.size}")
@@ -134,8 +145,13 @@ class GradientExchange:
     for other in range(2, self.count):  # the same order in every process: identical sums
       total += slots[other]
     self.step += 1
-    return [total[end - size:end].reshape(array.shape)
-            for array, end, size in zip(arrays, ends, sizes)]
+    sums = [total[end - size:end] for end, size in zip(ends, sizes)]
+    if self.clip_norm is not None:
+      for part in sums[:clipped]:  # tf.clip_by_norm: part * clip / max(norm, clip)
+        norm = np.sqrt(np.dot(part, part))
+        if norm > self.clip_norm:
+          part *= self.clip_norm / norm
+    return [part.reshape(array.shape) for part, array in zip(sums, arrays)]
 
 
 def weights_digest_path(buffer_path, index):
@@ -264,8 +280,8 @@ def _work(job):
   # Not at the top: trainer imports this module.
   from vae_pipeline.models import trainer  # pylint: disable=import-outside-toplevel
   config, work, count = job["config"], job["work"], job["count"]
-  exchange = GradientExchange(job["index"], count, job["exchange"],
-                              job["size"], job["send_fds"], job["receive_fds"])
+  exchange = GradientExchange(job["index"], count, job["exchange"], job["size"],
+                              job["send_fds"], job["receive_fds"], clip_norm=config["clip_norm"])
   keras.utils.set_random_seed(config["seed"])  # every worker shuffles the same way
   images = tf.data.Dataset.from_tensor_slices(
       np.load(os.path.join(work, "train.npy"), mmap_mode="r"))

@@ -18,20 +18,20 @@ EXCHANGE_PROCESS = """
 import json, sys
 import numpy as np
 from vae_pipeline.models import core_parallel
-index, count, path, size, steps, send, receive = json.loads(sys.argv[1])
-exchange = core_parallel.GradientExchange(index, count, path, size, send, receive)
+index, count, path, size, steps, send, receive, clip_norm = json.loads(sys.argv[1])
+exchange = core_parallel.GradientExchange(index, count, path, size, send, receive, clip_norm)
 sums = []
 for step in range(steps):
   own = np.arange(size, dtype=np.float32) * (index + 1) + step * 0.1
-  # As two tensors of different shapes, as the gradients of two variables.
-  parts = exchange._sum(own[:size // 2], own[size // 2:].reshape(-1, 2))
-  assert parts[1].shape == (size // 4, 2)
+  # As two gradients of different shapes (clipped, if asked) and a loss sum (never clipped).
+  parts = exchange._sum([own[:10], own[10:-1].reshape(-1, 1), own[-1:]], clipped=2)
+  assert parts[1].shape == (size - 11, 1)
   sums.append(np.concatenate([part.ravel() for part in parts]).tolist())
 print(json.dumps(sums))
 """
 
 
-def run_exchange(tmp_path, count, size, steps_of):
+def run_exchange(tmp_path, count, size, steps_of, clip_norm=None):
   """Starts `count` processes on one exchange; steps_of(index): how many steps each runs."""
   path = str(tmp_path / "exchange.f32")
   np.memmap(path, np.float32, "w+", shape=(2, count, size)).flush()
@@ -42,7 +42,7 @@ def run_exchange(tmp_path, count, size, steps_of):
     receive = [pipes[i, index][0] for i in range(count) if i != index]
     processes.append(subprocess.Popen(
         [sys.executable, "-c", EXCHANGE_PROCESS,
-         json.dumps([index, count, path, size, steps_of(index), send, receive])],
+         json.dumps([index, count, path, size, steps_of(index), send, receive, clip_norm])],
         pass_fds=send + receive, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   for read_end, write_end in pipes.values():
     os.close(read_end)
@@ -60,6 +60,22 @@ def test_the_exchange_gives_every_process_the_same_sum_at_every_step(tmp_path):
                    for i in range(3))
     np.testing.assert_allclose(sums[0][step], expected, rtol=1e-6)
     assert sums[0][step] == sums[1][step] == sums[2][step]  # bit-identical, not just close
+
+
+def test_the_exchange_clips_each_gradient_sum_as_keras_clipnorm_does(tmp_path):
+  size, clip_norm = 1000, 2000.0
+  results = run_exchange(tmp_path, count=2, size=size, steps_of=lambda index: 1,
+                         clip_norm=clip_norm)
+  assert [code for _, _, code in results] == [0, 0], results
+  total = sum(np.arange(size, dtype=np.float32) * (i + 1) for i in range(2))
+  first, second, loss = total[:10], total[10:-1], total[-1:]
+  # The first gradient's sum is within the norm, the second's beyond it; a loss is never clipped.
+  assert np.linalg.norm(first) < clip_norm < np.linalg.norm(second) and loss[0] > clip_norm
+  expected = np.concatenate([first, tf.clip_by_norm(second, clip_norm).numpy(), loss])
+  summed = [json.loads(out)[0] for out, _, _ in results]
+  np.testing.assert_allclose(summed[0], expected, rtol=1e-6)
+  assert summed[0][:10] == first.tolist()
+  assert summed[0] == summed[1]
 
 
 def test_a_process_that_stops_stops_the_others_with_a_clear_error(tmp_path):

@@ -181,3 +181,26 @@ def test_log_variance_is_capped_so_losses_stay_finite():
   assert capped[0, 2] <= vae_lib.MAX_LOG_VAR and abs(capped[0, 0] + 50.0) < 1e-6
   kl = vae_lib.kl_loss(tf.zeros((1, 3)), head(raw))
   assert np.isfinite(kl.numpy()).all()
+
+
+def test_several_steps_per_call_train_as_one_step_per_call(digits):
+  # 7 batches per epoch: calls of 4 steps, then Keras shortens the last call to the epoch's end.
+  images = digits[0][:200].astype(np.float32) / 255.0
+  runs = []
+  for steps_per_call in (1, 4):
+    keras.utils.set_random_seed(0)
+    model = vae_lib.build_vae((28, 28, 1), latent_dim=4, hidden_units=32)
+    optimizer = keras.optimizers.legacy.Adam(1e-3)
+    model.compile(optimizer=optimizer, steps_per_execution=steps_per_call)
+    optimizer._create_all_weights(model.trainable_variables)  # as the Trainer: one trace
+    traced = []
+    step = model.train_step
+    model.train_step = lambda batch, step=step: traced.append(1) or step(batch)
+    history = model.fit(images, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    assert int(model._train_counter.numpy()) == 14  # pylint: disable=protected-access
+    runs.append((history.history["loss"], model.get_weights(), len(traced)))
+  (one_loss, one_weights, _), (loss, weights, traced) = runs
+  assert traced == 1  # traced once (Keras' own loop, converted by AutoGraph, traces it twice)
+  assert loss == one_loss  # the same steps: bit-identical on this CPU
+  for a, b in zip(one_weights, weights):
+    np.testing.assert_array_equal(a, b)
