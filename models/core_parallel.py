@@ -31,10 +31,10 @@ from vae_pipeline.models import vae as vae_lib
 
 # Fewer images than this per process, and BatchNorm's per-share statistics get noisy.
 MIN_IMAGES_PER_PROCESS = 64
-# Starting the processes costs ~3-4 s (each imports TensorFlow); their steady images/s were 4-14%
-# above one process's here, so they break even at roughly 150,000-250,000 images (the default
-# run trains on ~190,000: about even, see README "The whole run"). Well below that (tests,
-# a 40-image try-out) the Trainer's own process is faster.
+# Starting the processes costs ~3 s (each imports TensorFlow); in whole runs their steady images/s
+# were ~10% above one process's, so they break even near 150,000 images (the default run trains
+# on ~190,000 and finished ~2 s sooner, see README "The whole run"). Well below that (tests, a
+# 40-image try-out) the Trainer's own process is faster.
 MIN_IMAGES_TO_TRAIN = 100_000
 
 
