@@ -30,17 +30,20 @@ bench-serve-speed: venv
 
 venv: $(VENV)/.installed
 
+# --python on every uv call: uv started as `python3 -m uv` (how it runs where it was only
+# pip-installed) resolves for the interpreter that runs it, not for VIRTUAL_ENV, and the lock is
+# for Python 3.10 only.
 # compileall: uv, unlike pip, installs the ~23,000 modules without their bytecode, and where Python
-# may not write it (PYTHONDONTWRITEBYTECODE=1, as on CI and in many images) every command compiled
-# TensorFlow, Beam and TFX again: ~18 s of imports before a run, against ~6 s. (uv's
-# --compile-bytecode would skip a venv that is already installed.) What fails to compile (templates,
-# Python 2 leftovers) is never imported: not an error. The Makefile is a prerequisite so that a
-# venv built by an older recipe is brought up to date (a no-op compileall takes ~13 s).
+# may not write it (PYTHONDONTWRITEBYTECODE=1, as on CI and in many images) every command would
+# compile TensorFlow, Beam and TFX again, tripling its import time. (uv's --compile-bytecode would
+# skip a venv that is already installed.) What fails to compile (templates, Python 2 leftovers) is
+# never imported: not an error. The Makefile is a prerequisite so that a venv built by an older
+# recipe is brought up to date.
 $(VENV)/.installed: requirements.lock setup.py Makefile
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(BIN)/python || $(UV) venv --quiet --python "$$(UV='$(UV)' scripts/python310.sh)" $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -r requirements.lock
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
+	$(UV) pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	@touch $@
 

@@ -91,8 +91,8 @@ def main():
     print(f"| `{name}` | {statistics.median(single) * 1e3:.2f} | "
           f"{single[int(0.9 * len(single))] * 1e3:.2f} | "
           f"{256 * len(batched) / sum(batched):,.0f} |", flush=True)
-  # On this 2-core VM the floor moved between 0.13 and 0.37 ms over two days, taking batch-1
-  # latencies with it: read them against it.
+  # On a shared VM the floor moves from hour to hour, taking batch-1 latencies with it: read
+  # them against it.
   print(f"\nper-call floor (a function that does nothing, batch 1, p50): "
         f"{call_floor(one) * 1e3:.2f} ms")
 

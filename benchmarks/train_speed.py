@@ -14,7 +14,7 @@ Steady state, two ways: "steps only" is the median of epochs 2..N counting train
 the loop does between epochs (Keras makes a new input iterator every epoch; with
 tf.data's autotuning, tearing the old one down stalled it: see trainer.without_autotuning).
 Warm-up: the first epoch minus a steady one (tracing, graph optimization). "Call s": the whole
-call, start-up included (for the default, starting its processes: imports, ~3 s).
+call, start-up included (for the default, starting its processes and their imports).
 
 --ceiling also runs the Trainer's loop in child processes pinned to one core with one thread,
 first one alone, then one per core at once. When the pair keeps the lone speed, the cores do

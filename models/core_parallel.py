@@ -1,9 +1,9 @@
 """Training on every core of one machine: one process per core, one thread each.
 
-On this 2-core machine an op ran only 1.0-1.55x faster on two threads than on one (each op hands
-half its work to the other thread and waits for it, and the wait grows whenever one of the VM's
-two vCPUs is not running), while two one-thread processes, one per core, each kept ~95% of the
-speed of one alone (README, "Training speed"). So the Trainer splits every batch over such
+On a machine with few cores this model's small ops gain little from a second thread (each op
+hands part of its work to the other thread and waits for it, and the wait grows whenever a
+virtual CPU is not running), while one-thread processes, one per core, each keep nearly the
+speed of one alone (benchmarks/train_speed.py --ceiling). So the Trainer splits every batch over such
 processes (synchronous data parallelism, as tf.distribute does across machines):
 - each process holds the same model and trains on its share of every batch;
 - after each step's backward pass, the processes add up their gradients (and loss sums) through
@@ -31,10 +31,10 @@ from vae_pipeline.models import vae as vae_lib
 
 # Fewer images than this per process, and BatchNorm's per-share statistics get noisy.
 MIN_IMAGES_PER_PROCESS = 64
-# Starting the processes costs ~3 s (each imports TensorFlow); in whole runs their steady images/s
-# were ~10% above one process's, so they break even near 150,000 images (the default run trains
-# on ~190,000 and finished ~2 s sooner, see README "The whole run"). Well below that (tests, a
-# 40-image try-out) the Trainer's own process is faster.
+# Starting the processes costs seconds (each imports TensorFlow) and their steady images/s are
+# only somewhat above one process's, so they pay off only for long trainings (the default run
+# trains on ~190,000 images). Below this (tests, a 40-image try-out) the Trainer's own process
+# is faster.
 MIN_IMAGES_TO_TRAIN = 100_000
 
 
@@ -88,8 +88,8 @@ class GradientExchange:
   a pipe to and from every other process (a byte through each says "my slot is written").
 
   clip_norm: each variable's summed gradient is clipped to this norm, as Keras' `clipnorm` would
-  (the optimizer then clips nothing): in numpy on the sum at hand, ~0.2 ms a step, where Keras'
-  ~100 ops for the 26 variables took ~0.9 ms.
+  (the optimizer then clips nothing): in numpy on the sum at hand, a fraction of what Keras'
+  ~100 ops for the 26 variables cost.
   """
 
   def __init__(self, index, count, buffer_path, size, send_fds, receive_fds, clip_norm=None):
@@ -193,7 +193,7 @@ def train_on_cores(config, train_images, eval_images=None, log_dir=None, verbose
     fds = [dict(send_fds=[pipes[index, j][1] for j in range(count) if j != index],
                 receive_fds=[pipes[i, index][0] for i in range(count) if i != index])
            for index in range(count)]
-    # Started first: each imports TensorFlow (~2 s) while this process prepares their work,
+    # Started first: each imports TensorFlow (seconds) while this process prepares their work,
     # which they then read from their stdin.
     workers = []
     try:
@@ -305,7 +305,7 @@ def _work(job):
 
 
 def main():
-  _one_thread()  # this module's imports took the ~2 s of TensorFlow's
+  _one_thread()  # this module's imports took TensorFlow's seconds
   job = json.load(sys.stdin)  # once the Trainer's process has prepared the work
   try:
     _work(job)
@@ -313,7 +313,7 @@ def main():
     with open(os.path.join(job["work"], f"error-{job['index']}.txt"), "w") as f:
       f.write(f"{error}" if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}")
     raise
-  # Everything is saved: skip TensorFlow's teardown at exit (~1 s the Trainer would wait for).
+  # Everything is saved: skip TensorFlow's teardown at exit (the Trainer would wait for it).
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(0)  # pylint: disable=protected-access

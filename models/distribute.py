@@ -3,7 +3,7 @@
 - `TF_CONFIG` naming more than one worker (Vertex AI and Kubeflow's TFJob set it for multi-worker
   training): MultiWorkerMirroredStrategy, synchronous data parallelism across machines.
 - More than one GPU on this machine: MirroredStrategy across them.
-- Otherwise (this 2-core CPU machine, one GPU): the default strategy, i.e. no distribution.
+- Otherwise (a CPU-only machine, one GPU): the default strategy, i.e. no distribution.
 The batch size stays the global one; the VAE's train step averages each replica's share so that
 the summed gradients equal one big batch's.
 """

@@ -116,7 +116,7 @@ def in_parallel_chunks(signature, batch_input):
   cores, and at batch 1 the hand-off costs more than the work. Chunks keep the cores busy with
   independent ops instead. With one intra-op thread (TensorFlow Serving's
   --tensorflow_intra_op_parallelism=1), batch 1 skips the hand-off while large batches still use
-  every core (README, "Serving speed").
+  every core (docs/serving.md, benchmarks/serve_speed.py).
   """
   specs = tf.nest.flatten(signature.structured_input_signature)
 
@@ -152,8 +152,8 @@ def with_weights_as_constants(function):
 
   Why: a signature call passes each variable it captures as one more input, through Python, on
   every call (34 for `serving_default`), and oneDNN reorders a variable's conv kernel into its
-  own layout on every call but caches that for a constant one. Measured at batch 1: 0.1-0.3 ms
-  less per call (README, "Serving speed"). The weights never change in a pushed model; the
+  own layout on every call but caches that for a constant one, so a batch-1 call is cheaper
+  (benchmarks/serve_speed.py). The weights never change in a pushed model; the
   Trainer's checkpoint keeps them as variables for warm starts.
   """
   concrete = function.get_concrete_function()

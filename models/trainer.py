@@ -24,8 +24,8 @@ RECALIBRATION_BATCH_SIZE = 256
 # How many times a run reports its validation losses (on the last epoch among them).
 VALIDATIONS = 3
 # Training steps per call of Keras' train function (compile's steps_per_execution): Python's
-# ~1 ms between calls then comes once per 8 steps (measured: 4-7% more images/s at a process's
-# 64 images per step; see VAE.make_train_function for the warm-up). Keras' callbacks see every
+# per-call work (callbacks, logs, the call itself) then comes once per 8 steps, a few percent
+# more images/s at small batches (see VAE.make_train_function for the warm-up). Keras' callbacks see every
 # 8th batch: the loss check, progress and TensorBoard.
 STEPS_PER_CALL = 8
 
@@ -65,8 +65,8 @@ def images_of(dataset):
 
 def without_autotuning(dataset):
   """tf.data's autotuning thread sleeps for a period that doubles up to a minute, and deleting
-  an iterator waits for it: Keras stalled ~0.8 s between epochs (a new iterator each), or once
-  for up to a minute at the end of the run (one iterator). Training input is cached in memory
+  an iterator waits for it: Keras stalls between epochs (a new iterator each), or once for up
+  to a minute at the end of the run (one iterator). Training input is cached in memory
   and needs no tuning."""
   options = tf.data.Options()
   options.autotune.enabled = False
@@ -81,7 +81,7 @@ def recalibrate_batchnorm(model, images, max_batches=RECALIBRATION_BATCHES):
   vary from run to run. Re-estimating them after training (a cumulative average, on the
   deterministic z = mean path the signatures use) makes evaluation match what was learned.
   `images` must be shuffled: the variance is averaged over batches, so batches of one class
-  (files are often sorted) would leave out the spread between classes (measured: 12 nats worse).
+  (files are often sorted) would leave out the spread between classes (many nats worse).
   """
   layers = [layer for part in (model.encoder, model.decoder) for layer in part.layers
             if isinstance(layer, keras.layers.BatchNormalization)]
@@ -173,21 +173,21 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
                           else without_autotuning(recalibration_images))
   batch_sizes = [int(batch.shape[0]) for batch in train]  # also fills the dataset's cache
   steps = config["epochs"] * len(batch_sizes)
-  with distribute.strategy().scope():  # one device here; see models/distribute.py
+  with distribute.strategy().scope():  # see models/distribute.py
     model = vae_lib.build_vae(**architecture, policy=policy)
     if initial_weights:  # before the optimizer exists: the checkpoint holds weights only
       warm_start(model, initial_weights)
     # Cosine decay to 0 over the whole run: a high rate early, fine steps at the end
-    # (measured: 112.8 -> 109.2 held-out nats from a constant 1e-3 to a decay from 3e-3).
+    # (several held-out nats better than a constant rate in benchmarks/quality.py).
     schedule = keras.optimizers.schedules.CosineDecay(config["learning_rate"], max(steps, 1))
     # Clipping lets the high early rate through without the occasional blow-up. The legacy Adam
     # (same update rule) applies each variable's update as one fused op; Keras' newer Adam runs
-    # about ten elementwise ops per variable: measured 5-10% more images/s here.
+    # about ten elementwise ops per variable, so the legacy one trains faster.
     # With several processes, the exchange clips the summed gradients instead (faster there).
     optimizer = keras.optimizers.legacy.Adam(
         schedule, clipnorm=config["clip_norm"] if exchange is None else None)
     model.compile(optimizer=optimizer, steps_per_execution=STEPS_PER_CALL)
-    # Creating Adam's slots now means the train step is traced once, not twice (~0.6 s of
+    # Creating Adam's slots now means the train step is traced once, not twice (less
     # warm-up). The legacy optimizer has no public call for it; tf_keras' legacy code is frozen.
     optimizer._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
   if exchange is not None:
@@ -200,10 +200,10 @@ def train_vae(config, train, evaluation=None, recalibration_images=None, log_dir
     callbacks.append(RecalibrateBeforeValidation(recalibration_images))
   if log_dir:
     callbacks.append(keras.callbacks.TensorBoard(log_dir, profile_batch=0))
-  # Validation (with its BatchNorm re-estimate) costs ~1 s: three times per run.
+  # Validation (with its BatchNorm re-estimate) is not free: three times per run.
   validation_freq = max(1, config["epochs"] // VALIDATIONS)
   # Repeated datasets with their steps given: Keras then keeps one iterator for the whole run
-  # instead of making a new one every epoch (with autotuning, each teardown stalled it ~0.8 s).
+  # instead of making a new one every epoch (with autotuning, each teardown stalls it).
   validation = {}
   if evaluation is not None:
     evaluation = without_autotuning(evaluation)

@@ -12,7 +12,7 @@ import tf_keras as keras
 DOWNSAMPLING = 4
 # Channels of the smallest (H/4 x W/4) feature maps: the encoder's last and the decoder's first.
 # 48 instead of 64: 23% fewer multiply-adds per image (5.7 M) at the same quality, given 48
-# epochs instead of 40 (README, "The model").
+# epochs instead of 40 (benchmarks/quality.py).
 SMALLEST_MAP_CHANNELS = 48
 # A posterior variance above the prior's is never worth its KL cost, but an unusual input can
 # drive the raw log-variance up until exp() overflows and the losses become inf (seen on
@@ -52,8 +52,8 @@ def bias_add(outputs, bias):
   """tf.nn.bias_add; in bfloat16, with the bias gradient a tf.reduce_sum (float32 accumulation).
 
   TensorFlow's BiasAddGrad accumulates bfloat16 in bfloat16 on CPU: for a 128x28x28x16 batch it
-  came out 27% off the float32 sum, and took 1.3 ms against 0.34 ms for this. In float32 (the
-  served model) it is the stock op.
+  comes out ~27% off the float32 sum, and is slower than this. In float32 (the served model) it
+  is the stock op.
   """
   if outputs.dtype == tf.bfloat16:
     return _bias_add_summing_in_float32(outputs, bias)
@@ -65,14 +65,13 @@ class FastConv2DTranspose(keras.layers.Conv2DTranspose):
 
   - A stride-1 transposed conv is the forward conv with the kernel flipped in space and its
     in/out channels swapped. `freeze_for_serving` stores that kernel once, at export, and
-    inference then runs the forward conv, which TensorFlow fuses with the bias and ReLU (at
-    batch 1 the residual layer took 149 us as a transposed conv; flipping per call cost ~160 us).
-    Training keeps the transposed conv (with every transposed conv as convs, it trained 10-30%
-    slower).
+    inference then runs the forward conv, which TensorFlow fuses with the bias and ReLU (a
+    transposed conv is not fused, and flipping the kernel per call costs more than it saves).
+    Training keeps the transposed conv (with every transposed conv as convs, it trains slower).
   - To one channel, the forward conv runs as a depthwise conv and a sum over input channels, in
-    training too. oneDNN's transposed conv to a single channel is slow: on 256 images of
-    28x28x32, 10.4 ms forward and 14.1 ms forward + backward, against 3.6 and 9.0 this way. To
-    three channels the depthwise form is slower, so training uses the stock kernel there.
+    training too. oneDNN's transposed conv to a single channel is slow (about 3x slower forward
+    than this way, 1.5x forward + backward). To three channels the depthwise form is slower, so
+    training uses the stock kernel there.
   - The bias is added by `bias_add` above (a correct and faster gradient in bfloat16).
 
   What this project does not use ("valid" padding, dilation, output padding, channels first)
@@ -135,8 +134,8 @@ def check_image_shape(image_shape):
 
 def conv_bn_relu(x, filters, strides, policy):
   """Conv2D - BatchNorm - ReLU. With BatchNorm before the ReLU, TensorFlow's graph optimizer
-  folds it into the convolution at inference: the served model runs one op per block (measured:
-  same quality as BatchNorm after the ReLU, and at batch 1 four ~40-us ops fewer)."""
+  folds it into the convolution at inference: the served model runs one op per block, with the
+  same quality as BatchNorm after the ReLU."""
   x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                           dtype=policy)(x)  # no bias: BatchNorm's offset is one
   x = keras.layers.BatchNormalization(dtype=policy)(x)
@@ -152,8 +151,8 @@ def build_encoder(image_shape, latent_dim, hidden_units, policy=None):
   x = conv_bn_relu(images, 32, strides=2, policy=policy)
   x = conv_bn_relu(x, 64, strides=2, policy=policy)
   # A stride-1 conv adds capacity at the smallest scale, where a layer is cheapest. One at 14x14
-  # as well costs 1.8 M multiply-adds per image; it gained 0.4-1 nats at equal epochs, which the
-  # epochs its time buys win back (README, "The model").
+  # as well costs 1.8 M multiply-adds per image for less than a nat at equal epochs, which the
+  # epochs its time buys win back (benchmarks/quality.py).
   x = conv_bn_relu(x, SMALLEST_MAP_CHANNELS, strides=1, policy=policy)
   x = keras.layers.Flatten(dtype=policy)(x)
   x = keras.layers.Dense(hidden_units, use_bias=False, dtype=policy)(x)
@@ -168,8 +167,8 @@ def build_encoder(image_shape, latent_dim, hidden_units, policy=None):
 def build_decoder(image_shape, latent_dim, policy=None, conv_transpose=FastConv2DTranspose):
   """z -> image in [0, 1]; the first feature map is the encoder's last one.
 
-  No BatchNorm here: measured as good without it, and ~10% faster. `conv_transpose`: the class
-  of every transposed conv (keras.layers.Conv2DTranspose gives the same model on stock kernels).
+  No BatchNorm here: as good without it (benchmarks/quality.py), and faster. `conv_transpose`:
+  the class of every transposed conv (keras.layers.Conv2DTranspose gives the same model on stock kernels).
   """
   check_image_shape(image_shape)
   height, width, channels = image_shape
@@ -245,7 +244,7 @@ class VAE(keras.Model):
     tf.while_loop traced without AutoGraph.
 
     Keras writes that loop as a Python `for` that AutoGraph converts, and AutoGraph traces the
-    body twice (once to learn what the loop returns): ~1 s more warm-up, which this saves. Under
+    body twice (once to learn what the loop returns): a second trace, which this saves. Under
     a distribution strategy with several replicas, Keras' own loop (it runs the step per replica).
     """
     steps = self._steps_per_execution
@@ -270,7 +269,7 @@ class VAE(keras.Model):
     return self.train_function
 
   # AutoGraph has no rule against converting tf_keras (only `keras`), so it would rewrite Keras'
-  # own source while tracing these steps: ~15 s of first-epoch warm-up. They have no
+  # own source while tracing these steps, seconds of first-epoch warm-up. They have no
   # tensor-dependent Python control flow to convert.
   @tf.autograph.experimental.do_not_convert
   def train_step(self, images):

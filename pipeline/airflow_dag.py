@@ -12,7 +12,7 @@ Settings come from the environment (read when Airflow parses the DAG):
 One run at a time (max_active_runs=1: two runs would write one SQLite ML Metadata store at once)
 and no catch-up of missed days. Each component is one Airflow task; caching and the blessing
 work as in `vae-pipeline run`. Parsing imports TFX (8-17 s): raise
-AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (README: Scheduled retraining).
+AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (docs/deployment.md).
 """
 import datetime
 import os

@@ -85,7 +85,7 @@ def settings_options() -> argparse.ArgumentParser:
                             "blessed model's")
   options.add_argument("--beam-preset", choices=list(config_lib.BEAM_PRESETS),
                        default=config_lib.DEFAULT_BEAM_PRESET,
-                       help="Beam arguments by name (README: Beam presets): "
+                       help="Beam arguments by name (docs/deployment.md): "
                             + "; ".join(f"{name}: {' '.join(args)}"
                                         for name, args in config_lib.BEAM_PRESETS.items()))
   options.add_argument("--beam-arg", action="append", default=[], metavar="ARG",

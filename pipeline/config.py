@@ -17,11 +17,11 @@ DEFAULT_MAX_LOSS_PER_PIXEL = 0.5
 
 
 # Beam arguments by name (`--beam-preset`). `{name}` must be given with `--beam-arg=--name=VALUE`;
-# any `--beam-arg` replaces the preset's argument of the same name. README: "Beam presets".
+# any `--beam-arg` replaces the preset's argument of the same name. docs/deployment.md: "Beam presets".
 BEAM_PRESETS = {
-    # One process: fastest at the bundled size (multi-processing measured 2x slower there).
+    # One process: fastest for small data (workers cost seconds to start, each with TensorFlow).
     "in-process": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-    # A worker process per core (0: as many as this machine has): many cores, big data.
+    # A worker process per core (0: one per core of the machine it runs on): many cores, big data.
     "multi-processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=0"],
     # Google Cloud Dataflow, workers running the pipeline image (Dockerfile).
     "dataflow": ["--runner=DataflowRunner", "--project={project}", "--region={region}",
@@ -75,10 +75,10 @@ class PipelineConfig:
 
   # Model and training (benchmarks/quality.py measures these choices).
   latent_dim: int = 16
-  # The encoder's Dense layer before the latent heads (the course lab's 20 limited its
-  # quality; 256 measured best, 512 worse).
+  # The encoder's Dense layer before the latent heads (the course lab's 20 limits its quality;
+  # in benchmarks/quality.py 256 beats 512).
   hidden_units: int = 256
-  epochs: int = 48  # ~45 s of training on the bundled digits here
+  epochs: int = 48  # benchmarks/quality.py: the quality target within its time budget
   batch_size: int = 128
   learning_rate: float = 5e-3  # the peak of a cosine decay to 0 over all epochs
   clip_norm: float = 1.0  # each variable's gradient is clipped to this norm (Keras clipnorm)

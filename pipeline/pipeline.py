@@ -1,6 +1,6 @@
 """The whole DAG in one function: ingest, validate, transform, train, evaluate, push, report."""
 # TFX's own modules, not `tfx.v1`: that API also imports the Google Cloud clients of
-# `tfx.v1.extensions` (~10 s of every command, cached re-runs included).
+# `tfx.v1.extensions`, seconds of every command, cached re-runs included.
 from tfx.components import (Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen,
                             Trainer, Transform)
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen

@@ -28,7 +28,7 @@ from vae_pipeline.models import vae as vae_lib
 pytestmark = pytest.mark.e2e
 
 NUM_IMAGES = 400
-# Two training processes (the default on a 2-core machine gives batch 32 one): the Trainer's
+# Two training processes (the default gives a short training at batch 32 one): the Trainer's
 # processes run under TFX here.
 FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--learning-rate", "2e-3",
              "--max-loss", "1000", "--train-processes", "2"]

@@ -19,7 +19,7 @@ from vae_pipeline import summary as summary_lib
 from vae_pipeline.components.run_report import executor, page
 from vae_pipeline.models import features
 
-# What a locked-down machine needs for a headless start with no network (see the README).
+# What a locked-down machine needs for a headless start with no network (see docs/testing.md).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--hide-scrollbars", "--allow-file-access-from-files"]

@@ -5,7 +5,7 @@ from typing import Iterable
 
 from vae_pipeline.models import features
 
-# What each evaluation number is (README: "Metrics"), shown beside the table.
+# What each evaluation number is (docs/evaluation.md), shown beside the table.
 METRIC_MEANINGS = {
     features.RECONSTRUCTION_LOSS: "binary cross-entropy of the reconstruction from z = mean, "
                                   "summed over pixels",
