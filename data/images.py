@@ -32,6 +32,12 @@ class BadInput(ValueError):
   """One input (file, array entry, record) that cannot become a training image."""
 
 
+class FeatureBytes(bytes):
+  """The bytes of a TFRecord's image feature: an encoded image or raw uint8 pixels of the target
+  shape. Only such bytes may be taken as raw pixels: a file's bytes that happen to number
+  H x W x C (a text file, a cut PNG) are a bad input, never an image."""
+
+
 def open_image(data: bytes, max_pixels=MAX_PIXELS) -> Image.Image:
   """Decodes image bytes fully (so truncation is found here), first frame, upright."""
   if not data:
@@ -140,7 +146,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def normalize(payload, image_shape, policy=DEFAULT_SIZE_POLICY, max_pixels=MAX_PIXELS):
-  """What a source yields (image bytes, raw uint8 pixel bytes, or an array) -> uint8 [H, W, C]."""
+  """What a source yields (image bytes, a TFRecord feature's encoded or raw uint8 pixel bytes,
+  or an array) -> uint8 [H, W, C]."""
   if isinstance(payload, BadInput):
     raise payload
   if isinstance(payload, bytes):
@@ -148,9 +155,9 @@ def normalize(payload, image_shape, policy=DEFAULT_SIZE_POLICY, max_pixels=MAX_P
       image = open_image(payload, max_pixels)
     except BadInput:
       height, width, channels = image_shape
-      if len(payload) != height * width * channels:
+      if not isinstance(payload, FeatureBytes) or len(payload) != height * width * channels:
         raise
-      # Raw pixels (e.g. a TFRecord of uint8 arrays) of exactly the target shape.
+      # Raw pixels (a TFRecord feature of uint8 arrays) of exactly the target shape.
       return np.frombuffer(payload, np.uint8).reshape(image_shape).copy()
   else:
     image = array_to_image(payload)

@@ -12,15 +12,20 @@ Kinds (all produce the raw tf.Example format of `records.py`):
   (~/.keras/datasets) and read from there.
 
 A folder whose children are `span-<N>` folders holds data over time: the latest span is used.
-Hidden files and folders (names starting with '.') are not part of a dataset. Every other file is:
-one that cannot be read becomes a BadInput with its reason, never silently dropped.
+Hidden files and folders (names starting with '.') are not part of a dataset. Every other entry
+is: symbolic links are followed (files and folders), and an entry that cannot be read (an
+unreadable folder, a dangling link, a link loop, a file name that is not UTF-8, a FIFO) becomes a
+BadInput with its reason, never silently dropped. The listing is this module's, not TFX's: TFX's
+file listing and fingerprinting fail on such entries (see components/image_example_gen/driver.py).
 """
 import contextlib
 import dataclasses
+import errno
 import gzip
 import io
 import os
 import re
+import stat
 import zipfile
 from typing import Iterator, List, Optional, Tuple
 
@@ -44,7 +49,8 @@ class Source:
   kind: str
   input_base: str
   pattern: str
-  natural_shape: Optional[Tuple[int, int, int]]  # of the first image, when it can be known
+  natural_shape: Optional[Tuple[int, int, int]]  # of the first readable image, when known
+  shape_from: Optional[str] = None  # the item natural_shape comes from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,14 @@ class Unit:
   start: int = 0
   stop: Optional[int] = None
   labels_path: Optional[str] = None  # IDX labels file
+  reason: Optional[str] = None  # kind "bad": an entry that cannot be read, and why
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  """What a folder holds: the files to read, and the entries that cannot be read."""
+  files: List[str]
+  bad: List[Tuple[str, str]]  # (the entry, why it cannot be read); `printable` shows a path
 
 
 # ----------------------------------------------------------------------------- recognizing
@@ -160,15 +174,105 @@ def _load_npz(path):
     return np.load(io.BytesIO(f.read()), allow_pickle=False)
 
 
+def printable(path) -> str:
+  """A path as text: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace") if not fs.is_uri(path) else path
+
+
+def _is_utf8(path) -> bool:
+  try:
+    path.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
+
+
+def scan(root) -> Listing:
+  """Every non-hidden entry below `root` (or `root` itself): readable files in order (each
+  folder's files, sorted, then its sub-folders, sorted), and what cannot be read, with why."""
+  if fs.is_uri(root):
+    if fs.isfile(root):
+      return Listing([root], [])
+    found = []
+    for folder, subfolders, files in fs.walk(root):
+      subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+      found += [os.path.join(folder, f) for f in sorted(files) if not f.startswith(".")]
+    return Listing(found, [])
+  files, bad = [], []
+  if os.path.isdir(root):
+    info = os.stat(root)
+    _scan_folder(root, {(info.st_dev, info.st_ino): root}, {}, files, bad)
+  else:
+    _scan_entry(root, None, {}, files, bad)
+  return Listing(files, bad)
+
+
+def _scan_folder(folder, ancestors, seen, files, bad):
+  try:
+    names = sorted(name for name in os.listdir(folder) if not name.startswith("."))
+  except OSError as error:
+    bad.append((folder, f"cannot read folder: {error.strerror or error}"))
+    return
+  folders = []
+  for name in names:
+    folders += _scan_entry(os.path.join(folder, name), ancestors, seen, files, bad)
+  for path, key in folders:
+    seen[key] = path
+    _scan_folder(path, {**ancestors, key: path}, seen, files, bad)
+
+
+def _scan_entry(path, ancestors, seen, files, bad):
+  """Files a readable file, records a bad entry; returns [(path, (dev, inode))] for a folder."""
+  if not _is_utf8(path):
+    bad.append((path, "its name is not valid UTF-8 (rename it)"))
+    return []
+  try:
+    info = os.stat(path)  # follows symbolic links
+  except OSError as error:
+    if error.errno == errno.ELOOP:
+      reason = "symbolic link loop"
+    elif os.path.islink(path) and error.errno == errno.ENOENT:
+      reason = f"dangling symbolic link (to {printable(os.readlink(path))}, which does not exist)"
+    else:
+      reason = f"cannot read: {error.strerror or error}"
+    bad.append((path, reason))
+    return []
+  if stat.S_ISDIR(info.st_mode) and ancestors is not None:
+    key = (info.st_dev, info.st_ino)
+    if key in ancestors:
+      bad.append((path, f"symbolic link loop: links to {ancestors[key]}, a folder that holds it"))
+      return []
+    if key in seen:
+      bad.append((path, f"links to {seen[key]}, which is read already"))
+      return []
+    return [(path, key)]
+  if stat.S_ISREG(info.st_mode):
+    files.append(path)
+  else:
+    bad.append((path, "not a regular file (a FIFO, socket or device)"))
+  return []
+
+
 def list_files(root) -> List[str]:
-  """Every non-hidden file below `root` (or `root` itself), sorted."""
-  if fs.isfile(root):
-    return [root]
-  found = []
-  for folder, subfolders, files in fs.walk(root):
-    subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-    found += [os.path.join(folder, f) for f in sorted(files) if not f.startswith(".")]
-  return found
+  """Every readable non-hidden file below `root` (or `root` itself), in scan order."""
+  return scan(root).files
+
+
+def fingerprint(root) -> Tuple[int, int, int, int]:
+  """(entries, bytes, xor and sum of modification seconds) of every entry `scan` finds, as TFX
+  fingerprints an input: a changed, added or removed file (bad ones included) changes it."""
+  listing = scan(root)
+  count = total = xor = added = 0
+  for path, follow in [(p, True) for p in listing.files] + [(p, False) for p, _ in listing.bad]:
+    try:
+      info = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+      continue
+    count += 1
+    total += info.st_size
+    xor ^= int(info.st_mtime)
+    added += int(info.st_mtime)
+  return count, total, xor, added
 
 
 def latest_span(folder) -> Optional[str]:
@@ -199,8 +303,10 @@ def fetch_dataset(name) -> str:
   raise SourceError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
-def resolve(data: str) -> Source:
-  """Recognizes the kind of `data` (a path or a dataset name) from its content."""
+def resolve(data: str, image_feature: str = "image") -> Source:
+  """Recognizes the kind of `data` (a path or a dataset name) from its content and checks it as
+  a whole: a source that cannot be used is one SourceError naming the real reason, before
+  anything runs. Single bad inputs are left to ExampleGen's bad-input policy."""
   if data in DATASETS:
     data = fetch_dataset(data)
   if not fs.exists(data):
@@ -214,15 +320,16 @@ def resolve(data: str) -> Source:
     span = latest_span(data)
     if span:
       pattern, root = "span-{SPAN}/", os.path.join(data, span)
-  files = list_files(root)
-  if not files:
-    raise SourceError(f"{root}: no files to read (empty folder)")
-  kind, _ = source_kind(root, files)
+  listing = scan(root)
+  kind, units, _ = plan_root(root, listing)
+  if kind == "tfrecord":
+    check_image_feature(units[0].path, image_feature)
   if fs.isdir(root):
     # Deep enough for ExampleGen's fingerprint to see every file (caching), e.g. class/file.png.
-    depth = max(fs.relative(f, root).count("/") for f in files) + 1
+    depth = max(fs.relative(f, root).count("/") for f in listing.files) + 1
     pattern += "/".join(["*"] * depth)
-  return Source(kind, input_base, pattern, natural_shape=natural_shape(root))
+  shape, item = natural_shape(units, image_feature)
+  return Source(kind, input_base, pattern, natural_shape=shape, shape_from=item)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -254,35 +361,76 @@ def plan(input_base, pattern) -> Tuple[str, List[Unit], Optional[List[str]]]:
   return plan_root(pattern_root(input_base, pattern))
 
 
+def _some(paths, most=3) -> str:
+  shown = ", ".join(printable(p) for p in paths[:most])
+  return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def source_kind(root, files) -> Tuple[str, dict]:
-  """(the source's kind, each file's kind); `images` unless some files are IDX, NPZ or TFRecord."""
+  """(the source's kind, each file's kind); `images` unless some files are IDX, NPZ or TFRecord,
+  in which case every file must be of that kind."""
   kinds = {f: file_kind(f) for f in files}
-  found = {k for k in kinds.values() if k}
-  if len(found) > 1:
-    raise SourceError(f"{root} mixes {' and '.join(sorted(found))} files; give one kind per source")
-  return (found.pop() if found else "images"), kinds
+  found = sorted({k for k in kinds.values() if k})
+  others = [f for f in files if kinds[f] is None]
+  if len(found) > 1 or (found and others):
+    groups = [(kind, [f for f in files if kinds[f] == kind]) for kind in found]
+    groups += [("other (images or unknown)", others)] if others else []
+    raise SourceError(f"{root} mixes kinds: " + "; ".join(
+        f"{len(paths)} {kind} file{'s' if len(paths) > 1 else ''} ({_some(paths)})"
+        for kind, paths in groups) + ". Give one kind per source")
+  return (found[0] if found else "images"), kinds
 
 
-def plan_root(root) -> Tuple[str, List[Unit], Optional[List[str]]]:
-  """(kind, units of work, class names) for a file or a folder."""
-  files = list_files(root)
+def plan_root(root, listing: Optional[Listing] = None
+              ) -> Tuple[str, List[Unit], Optional[List[str]]]:
+  """(kind, units of work, class names) for a file or a folder; entries that cannot be read are
+  units of kind "bad", which read as a BadInput with the reason."""
+  listing = listing or scan(root)
+  files = listing.files
   if not files:
+    if listing.bad:
+      path, reason = listing.bad[0]
+      raise SourceError(f"{root}: no readable file; {printable(path)}: {reason}"
+                        + (f" (and {len(listing.bad) - 1} more)" if len(listing.bad) > 1 else ""))
     raise SourceError(f"{root}: no files to read (empty folder)")
-  kind, kinds = source_kind(root, files)
+  kind, _ = source_kind(root, files)
+  bad = [Unit("bad", path, reason=reason) for path, reason in listing.bad]
   if kind == "images":
     names = class_names(root, files)
     label_of = {name: i for i, name in enumerate(names or [])}
     return kind, [Unit("images", f, label=label_of.get(fs.relative(f, root).split("/")[0])
-                       if names else None) for f in files], names
+                       if names else None) for f in files] + bad, names
   if kind == "idx":
-    return kind, _plan_idx(files), None
-  others = [f for f in files if kinds[f] != kind]
-  if others:
-    raise SourceError(f"{root}: these files are not {kind} files: {', '.join(others)}")
+    return kind, _plan_idx(files) + bad, None
   if kind == "npz":
-    return kind, [u for f in files for u in _plan_npz(f)], None
-  return kind, [Unit("tfrecord", f) for f in files], None
+    return kind, [u for f in files for u in _plan_npz(f)] + bad, None
+  return kind, [Unit("tfrecord", f) for f in files] + bad, None
 
+
+def check_image_feature(path, image_feature):
+  """A TFRecord source whose first record has no `image_feature` is a wrong --image-feature (or
+  not image data): one error naming the features it has, not one bad input per record."""
+  for _, record in _records(path):
+    if isinstance(record, images.BadInput):
+      return  # a damaged file is a bad input of its own, reported by ExampleGen
+    try:
+      names = sorted(_example(record).features.feature)
+    except ValueError:
+      return  # not a tf.Example: reported per record by ExampleGen
+    if image_feature not in names:
+      raise SourceError(f"{path}: its records have no feature {image_feature!r} (they have: "
+                        f"{', '.join(names) or 'none'}); pass --image-feature NAME")
+    return
+
+
+def _example(record: bytes):
+  """A serialized tf.Example, parsed; ValueError if it is not one."""
+  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  from google.protobuf import message  # pylint: disable=import-outside-toplevel
+  try:
+    return example_pb2.Example.FromString(record)
+  except message.DecodeError as error:
+    raise ValueError(f"record is not a tf.Example: {error}") from None
 
 def _idx_count(path):
   """Validates an IDX file's size against its header; returns (dims, dtype)."""
@@ -319,9 +467,9 @@ def _plan_idx(files):
         raise SourceError(f"{path} has {dims[0]:,} images but {labels_path} has "
                           f"{label_dims[0]:,} labels")
     units.append(Unit("idx", path, labels_path=labels_path, start=0, stop=dims[0]))
-  stray = set(files) - set(images_files) - {u.labels_path for u in units}
+  stray = sorted(set(files) - set(images_files) - {u.labels_path for u in units})
   if stray:
-    raise SourceError(f"files that are not part of an IDX images/labels pair: {', '.join(sorted(stray))}")
+    raise SourceError(f"files that are not part of an IDX images/labels pair: {_some(stray)}")
   return units
 
 
@@ -364,7 +512,9 @@ def _plan_npz(path):
 def read(unit: Unit, image_feature: str = "image") -> Iterator[Tuple[str, object, Optional[int]]]:
   """(item id, payload, label) for every item of a unit; a payload is image bytes, a uint8
   array, or a BadInput (the item could not be read)."""
-  if unit.kind == "images":
+  if unit.kind == "bad":
+    yield printable(unit.path), images.BadInput(unit.reason), unit.label
+  elif unit.kind == "images":
     try:
       with fs.open_binary(unit.path) as f:
         payload = f.read()
@@ -413,14 +563,40 @@ def _read_npz(unit):
            int(np.asarray(label).reshape(-1)[0]) if label is not None else None)
 
 
-def _read_tfrecord(unit, image_feature):
-  import tensorflow as tf
-  compression = "GZIP" if _is_gzip(unit.path) else ""
-  for index, record in enumerate(tf.data.TFRecordDataset(unit.path, compression_type=compression)):
-    item = f"{unit.path}#{index}"
+def _records(path):
+  """(index, serialized record) of a TFRecord file, then, if the file is cut short or damaged,
+  (index, BadInput) for the record where reading stopped: the records before it are kept."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  compression = "GZIP" if _is_gzip(path) else ""
+  records = iter(tf.data.TFRecordDataset(path, compression_type=compression))
+  index = 0
+  while True:
     try:
-      example = tf.train.Example.FromString(record.numpy())
-    except Exception:  # pylint: disable=broad-except
+      record = next(records)
+    except StopIteration:
+      return
+    except tf.errors.OpError as error:
+      kept = f"records 0-{index - 1} are read" if index else "no record could be read"
+      if "truncated" in error.message.lower():
+        reason = f"truncated TFRecord file: cut short in record {index} ({kept})"
+      else:  # TensorFlow's message names its op and device first: keep what it says
+        said = re.sub(r"\{\{.*?\}\}\s*", "", error.message).split(" [Op:")[0].strip()
+        reason = f"damaged TFRecord file at record {index} ({kept}): {said}"
+      yield index, images.BadInput(reason)
+      return
+    yield index, record.numpy()
+    index += 1
+
+
+def _read_tfrecord(unit, image_feature):
+  for index, record in _records(unit.path):
+    item = f"{unit.path}#{index}"
+    if isinstance(record, images.BadInput):
+      yield item, record, None
+      return
+    try:
+      example = _example(record)
+    except ValueError:
       yield item, images.BadInput("record is not a tf.Example"), None
       continue
     feature = example.features.feature
@@ -430,18 +606,33 @@ def _read_tfrecord(unit, image_feature):
                                   f"found {len(values)}"), None
       continue
     label = feature["label"].int64_list.value if "label" in feature else []
-    yield item, values[0], int(label[0]) if len(label) == 1 else None
+    yield item, images.FeatureBytes(values[0]), int(label[0]) if len(label) == 1 else None
 
 
-def natural_shape(root) -> Optional[Tuple[int, int, int]]:
-  """The shape of the first image of a source, for a default --image-shape; None if unknown."""
-  try:
-    _, units, _ = plan_root(root)
-    for _, payload, _ in read(units[0]):
-      image = (images.open_image(payload) if isinstance(payload, bytes)
-               else images.array_to_image(payload))
-      channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
-      return image.height, image.width, channels
-  except (images.BadInput, SourceError, OSError, ValueError, TypeError):
-    return None
-  return None
+# How many inputs natural_shape tries before giving up: bad inputs come first only by chance.
+SHAPE_TRIES = 1000
+
+
+def natural_shape(units, image_feature="image"
+                  ) -> Tuple[Optional[Tuple[int, int, int]], Optional[str]]:
+  """(shape, item) of the first readable image among a source's units, for a default
+  --image-shape; (None, None) if none of the first SHAPE_TRIES inputs is a readable image (raw
+  TFRecord pixels carry no shape). The unreadable ones are reported by ExampleGen."""
+  tries = 0
+  for unit in units:
+    for item, payload, _ in read(unit, image_feature):
+      image = None
+      with contextlib.suppress(images.BadInput):
+        if isinstance(payload, images.BadInput):
+          pass
+        elif isinstance(payload, bytes):
+          image = images.open_image(payload)
+        else:
+          image = images.array_to_image(payload)
+      if image is not None:
+        channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+        return (image.height, image.width, channels), item
+      tries += 1
+      if tries >= SHAPE_TRIES:
+        return None, None
+  return None, None

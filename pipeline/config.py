@@ -159,16 +159,19 @@ class PipelineConfig:
     """This config with its source recognized and the image shape settled (reads the data)."""
     if self.source is not None and self.image_shape is not None:
       return self
-    source = self.source or sources.resolve(self.data)
+    source = self.source or sources.resolve(self.data, self.image_feature)
     shape = self.image_shape or source.natural_shape
     if shape is None:
-      raise ValueError(f"cannot tell the image shape of {self.data}; pass --image-shape HxWxC")
+      raise ValueError(f"cannot tell the image shape of {self.data}: none of its first "
+                       f"{sources.SHAPE_TRIES:,} inputs is a readable image with a shape (raw "
+                       "pixels have none); pass --image-shape HxWxC")
     from vae_pipeline.models import vae  # pylint: disable=import-outside-toplevel
     try:
       vae.check_image_shape(shape)
     except ValueError as error:
-      raise ValueError(f"{error}; pass --image-shape HxWxC to bring the images to another size"
-                       ) from None
+      where = "" if self.image_shape else f" (the shape of the first image, {source.shape_from})"
+      raise ValueError(f"{error}{where}; pass --image-shape HxWxC to bring the images to "
+                       "another size") from None
     return dataclasses.replace(self, source=source, image_shape=tuple(shape))
 
   @property

@@ -110,6 +110,8 @@ def test_bad_arrays_say_why(array, reason):
     normalize(array, (28, 28, 1))
 
 
-def test_raw_pixel_bytes_of_the_target_shape_are_accepted():
+def test_raw_pixel_bytes_of_the_target_shape_are_accepted_from_a_tfrecord_feature_only():
   pixels = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
-  np.testing.assert_array_equal(normalize(pixels.tobytes(), (2, 2, 3)), pixels)
+  np.testing.assert_array_equal(normalize(images.FeatureBytes(pixels.tobytes()), (2, 2, 3)), pixels)
+  with pytest.raises(images.BadInput, match="not an image"):  # a file's bytes: never raw pixels
+    normalize(pixels.tobytes(), (2, 2, 3))

@@ -390,6 +390,9 @@ def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
   rgb.mkdir()
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(rgb / "a.png")
   (tmp_path / "empty").mkdir()
+  raw_sized = tmp_path / "raw-sized"  # 28 x 28 x 1 bytes of text: never read as raw pixels
+  raw_sized.mkdir()
+  (raw_sized / "text.png").write_bytes(b"x" * 784)
   # A SavedModel with a decoder but no `generate` signature, like one an older version pushed.
   @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name=features.LATENT_INPUT)])
   def decode(z):
@@ -401,6 +404,7 @@ def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
       (["score", image_folder, "--model", tmp_path], "not a SavedModel folder"),
       (["score", rgb, "--model", summary.pushed_dir], "pass --size-policy resize or pad"),
       (["encode", tmp_path / "empty", "--model", summary.pushed_dir], "empty folder"),
+      (["score", raw_sized, "--model", summary.pushed_dir], "text.png (not an image"),
       (["generate", "--output-dir", tmp_path / "no-runs"], "no pushed model"),
       (["generate", "--model", tmp_path / "older"], "has no 'generate' signature (it has decode)"),
       (["encode", image_folder, "--model", tmp_path / "older"], "has no 'encode' signature"),
