@@ -5,6 +5,8 @@ TFMA's standard and Keras metrics need a label, `MeanPrediction` returns 0.0 wit
 no change threshold can be checked. `MeanOutput` below is the small metric that does what we need.
 """
 import json
+import math
+import sys
 from typing import Optional
 
 import apache_beam as beam
@@ -18,6 +20,11 @@ from vae_pipeline.models import features
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
+
+# The largest finite float: a value threshold [-FINITE, FINITE] fails only NaN and infinities.
+# TFMA checks `lower <= value <= upper` (evaluators/metrics_validator.py), false for NaN, and a
+# failed threshold withholds the blessing; a metric without a threshold is never checked.
+FINITE = sys.float_info.max
 
 
 class MeanOutput(metric_types.Metric):
@@ -78,9 +85,11 @@ class _MeanCombiner(beam.CombineFn):
 def eval_config(loss_upper_bound: float, max_loss_increase: float) -> tfma.EvalConfig:
   """Means of the per-image losses and bounds, overall and per label (when examples have one).
 
-  Bless when the overall `loss` <= the bound and <= the baseline's + margin; per-label numbers
-  are reported, not gated. The TFX Evaluator drops the change threshold when there is no
-  blessed model yet.
+  Bless when the overall `loss` <= the bound and <= the baseline's + margin, and every overall
+  mean of the candidate (the losses and the likelihood bounds) is a finite number: a diverged
+  model whose loss is huge but finite may have NaN bounds, and a loose --max-loss must not let it
+  through. Per-label numbers are reported, not gated. The TFX Evaluator drops the change
+  threshold when there is no blessed model yet.
   """
 
   def model_spec(name, signature, is_baseline=False):
@@ -91,19 +100,26 @@ def eval_config(loss_upper_bound: float, max_loss_increase: float) -> tfma.EvalC
   overall = tfma.SlicingSpec()
   # A threshold given as `threshold` would apply to every slice, so each label would need to
   # pass the bound and not get worse; the blessing is about the whole eval split.
+  # The bound's own value threshold also fails NaN and infinities (even for --max-loss inf).
   loss_threshold = tfma.PerSliceMetricThreshold(
       slicing_specs=[overall],
       threshold=tfma.MetricThreshold(
-          value_threshold=tfma.GenericValueThreshold(upper_bound={"value": loss_upper_bound}),
+          value_threshold=tfma.GenericValueThreshold(
+              lower_bound={"value": -FINITE},
+              upper_bound={"value": min(loss_upper_bound, FINITE)}),
           change_threshold=tfma.GenericChangeThreshold(
               direction=tfma.MetricDirection.LOWER_IS_BETTER,
               absolute={"value": max_loss_increase})))
+  finite = tfma.PerSliceMetricThreshold(
+      slicing_specs=[overall],
+      threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+          lower_bound={"value": -FINITE}, upper_bound={"value": FINITE})))
 
-  def mean_of(output, thresholds=()):
+  def mean_of(output):
     return tfma.MetricConfig(
         class_name=MeanOutput.__name__, module=__name__,
         config=json.dumps({"prediction_key": output, "name": output}),
-        per_slice_thresholds=list(thresholds))
+        per_slice_thresholds=[loss_threshold if output == features.LOSS else finite])
 
   compared = (features.RECONSTRUCTION_LOSS, features.KL_LOSS, features.LOSS)
   return tfma.EvalConfig(
@@ -117,8 +133,7 @@ def eval_config(loss_upper_bound: float, max_loss_increase: float) -> tfma.EvalC
           tfma.MetricsSpec(
               model_names=[CANDIDATE, BASELINE],
               metrics=[tfma.MetricConfig(class_name="ExampleCount")] + [
-                  mean_of(output, [loss_threshold] if output == features.LOSS else [])
-                  for output in compared]),
+                  mean_of(output) for output in compared]),
           tfma.MetricsSpec(
               model_names=[CANDIDATE],
               metrics=[mean_of(output) for output in features.LOSS_OUTPUTS
@@ -157,6 +172,9 @@ def explain_failure(failure, metrics, baseline_metrics):
   """TFMA's failure messages are often empty: say which threshold failed, with the numbers."""
   name = failure.metric_key.name
   value = metrics.get(name, float("nan"))
+  if name in metrics and not math.isfinite(value):
+    return (f"{name} is {value} (not a finite number): the model diverged or is broken; a "
+            "model with a NaN or infinite metric is never blessed")
   if failure.metric_key.is_diff:
     base = baseline_metrics.get(name, float("nan"))
     text = (f"{name} {value:.2f} is {value - base:+.2f} vs the latest blessed model's "

@@ -6,6 +6,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -178,7 +179,7 @@ def run_command(args):
         f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
   try:
     summary = local_runner.run(config, wait_seconds=args.wait)
-  except local_runner.StoreBusyError as error:
+  except (local_runner.StoreBusyError, local_runner.StoreDamagedError) as error:
     raise UserError(str(error)) from None
   print()
   print(summary_lib.format_summary(summary, config.loss_upper_bound, config.max_loss_increase))
@@ -366,11 +367,38 @@ def runs_command(args):
     raise UserError(f"no runs recorded: {config.metadata_path} does not exist (run "
                     "`vae-pipeline run` first, or pass the --output-dir it used)")
   from vae_pipeline import summary as summary_lib  # TFMA (metrics): seconds to import
+  problem = summary_lib.store_problem(config.metadata_path)
+  if problem:
+    raise UserError(problem)
+  if not os.path.getsize(config.metadata_path):
+    raise UserError(f"no runs recorded: {config.metadata_path} is empty (0 bytes)")
   store = summary_lib.open_store(config.metadata_path)
   ids = summary_lib.run_ids(store)[-args.last:]
+  running = ids[-1] if ids and run_in_progress(config.metadata_path) else None
   print(summary_lib.format_runs([summary_lib.summarize(config.metadata_path, run_id)
-                                 for run_id in ids]))
+                                 for run_id in ids], running=running))
   return 0
+
+
+def run_in_progress(metadata_path) -> bool:
+  """Whether a live process holds the store's lock (local_runner.store_lock writes its pid into
+  the lock file and empties it when done; a killed run's pid is no longer alive). Reading, not
+  locking: `runs` never keeps a run from starting."""
+  try:
+    with open(metadata_path + ".lock") as f:
+      holder = f.read()
+  except OSError:
+    return False
+  match = re.match(r"pid (\d+)", holder)
+  if not match:
+    return False
+  try:
+    os.kill(int(match.group(1)), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # alive, another user's
+  return True
 
 
 def model_command(args):
@@ -411,6 +439,13 @@ def main(argv=None):
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
   try:
     return args.handler(args)
+  except KeyboardInterrupt as error:  # Ctrl-C: say where it stopped, in one line
+    if "verbose" in args:
+      raise
+    component = getattr(error, "component", None)
+    print(f"vae-pipeline {args.command}: interrupted"
+          + (f" during {component}" if component else ""), file=sys.stderr, flush=True)
+    return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
   except (UserError, ValueError) as error:
     if "verbose" in args:
       raise

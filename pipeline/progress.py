@@ -18,6 +18,7 @@ class ComponentProgress(logging.Handler):
     self.stream = stream or sys.stdout
     self.started = {}
     self.run_started = time.monotonic()
+    self.running = None  # the component that started last and has not finished
 
   def emit(self, record):
     match = _COMPONENT_EVENT.fullmatch(record.getMessage())
@@ -28,8 +29,11 @@ class ComponentProgress(logging.Handler):
     elapsed = now - self.run_started
     if event == "running":
       self.started[component] = now
+      self.running = component
       print(f"[{elapsed:6.1f}s] {component} ...", file=self.stream, flush=True)
     else:
+      if self.running == component:
+        self.running = None
       took = now - self.started.get(component, now)
       print(f"[{elapsed:6.1f}s] {component} done in {took:.1f}s", file=self.stream, flush=True)
 
@@ -50,20 +54,22 @@ class _WarningsOnly(logging.Filter):
 
 @contextlib.contextmanager
 def component_progress(stream=None):
-  """Within the block, absl INFO logs are dropped except the component progress lines."""
+  """Within the block, absl INFO logs are dropped except the component progress lines. Yields
+  the ComponentProgress (its `running`: which component a failure or Ctrl-C stopped)."""
   logger = logging.getLogger("absl")
   saved = (logger.level, logger.propagate, list(logger.handlers), absl_logging.get_verbosity())
   warnings = logging.StreamHandler(sys.stderr)
   warnings.addFilter(_WarningsOnly())
   absl_logging.set_verbosity(absl_logging.INFO)
-  logger.handlers = [ComponentProgress(stream), warnings]
+  shown = ComponentProgress(stream)
+  logger.handlers = [shown, warnings]
   logger.propagate = False
   # Beam warns that python-snappy is missing (only checksums are slower, at this size nothing).
   beam_tfrecord = logging.getLogger("apache_beam.io.tfrecordio")
   beam_level = beam_tfrecord.level
   beam_tfrecord.setLevel(logging.ERROR)
   try:
-    yield
+    yield shown
   finally:
     logger.setLevel(saved[0])
     logger.propagate = saved[1]

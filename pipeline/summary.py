@@ -1,11 +1,15 @@
 """What a finished run did, read back from ML Metadata and the artifacts it recorded."""
+import contextlib
 import dataclasses
 import json
 import os
+import pathlib
+import sqlite3
 from typing import Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tensorflow.python.util import deprecation
 
 from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.models import evaluation
@@ -13,11 +17,29 @@ from vae_pipeline.components.run_report import spec as run_report
 from vae_pipeline.pipeline import EXAMPLE_GEN, RUN_REPORT
 from vae_pipeline.models import features
 
+# TFMA calls deprecated TensorFlow APIs when it reads an evaluation (`runs`, every summary); the
+# warnings are for its authors, not our users.
+deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
 
-def open_store(metadata_path):
+# The custom property of an execution that says why it failed (or was interrupted): one line,
+# recorded by the local runner (local_runner.record_failure), shown by `runs` and the summary.
+FAILURE_REASON = "failure_reason"
+# The pipeline run's custom property naming a component that failed before ML Metadata recorded
+# its execution (with FAILURE_REASON beside it).
+FAILED_COMPONENT = "failed_component"
+# How the reason of a component Ctrl-C stopped begins.
+INTERRUPTED = "interrupted"
+# Execution states of a component that started and never finished.
+UNFINISHED = ("NEW", "RUNNING", "UNKNOWN")
+
+
+def open_store(metadata_path, writable=False):
+  """The store, read-only unless `writable` (only while holding its lock: local_runner)."""
   config = metadata_store_pb2.ConnectionConfig()
   config.sqlite.filename_uri = metadata_path
-  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  config.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+                                   if writable else
+                                   metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
   return metadata_store.MetadataStore(config)
 
 
@@ -28,6 +50,7 @@ class ComponentRun:
   seconds: float
   outputs: Dict[str, List[str]]  # output key -> artifact URIs
   properties: Dict[str, dict]  # output key -> (custom) properties of its first artifact
+  reason: Optional[str] = None  # FAILED: why, in one line (when the local runner recorded it)
 
 
 @dataclasses.dataclass
@@ -56,28 +79,117 @@ class RunSummary:
     return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+def store_problem(metadata_path, pipeline_root=None, writable=False) -> Optional[str]:
+  """Why the ML Metadata store cannot be used (one line), or None. Reads, never writes, but
+  `writable` (the run holding the store's lock) lets SQLite roll back a transaction a killed
+  run left in its journal, as ML Metadata's own opening would; read-only, such a store is not
+  judged.
+
+  A store SQLite cannot read is damaged. A store that is missing, empty (0 bytes) or older than
+  the artifacts in the pipeline root (each output in a folder named by the id of the execution
+  that wrote it) has lost their record: a new run would be handed the execution ids of earlier
+  runs again, and its components would write into those runs' folders (Transform then fails on
+  them).
+  """
+  size = os.path.getsize(metadata_path) if os.path.isfile(metadata_path) else None
+  newest_execution = 0
+  if size and not writable and os.path.exists(metadata_path + "-journal"):
+    return None  # a hot journal: only a writer can tell
+  if size:
+    try:
+      uri = (pathlib.Path(os.path.abspath(metadata_path)).as_uri()
+             + ("?mode=rw" if writable else "?mode=ro"))
+      with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        check = connection.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+          raise sqlite3.DatabaseError(check[0][0] if check else "quick_check found errors")
+        tables = {name for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "Execution" in tables:
+          newest_execution = connection.execute(
+              "SELECT COALESCE(MAX(id), 0) FROM Execution").fetchone()[0]
+    except sqlite3.Error as error:
+      return (f"the ML Metadata store {metadata_path} is damaged (SQLite: {error}): restore it "
+              "from a backup, or pass a new --output-dir, or delete it"
+              + (f" and the pipeline root {pipeline_root}" if pipeline_root else "")
+              + " to start afresh (the record of the earlier runs is then lost)")
+  newest_folder = _newest_execution_folder(pipeline_root) if pipeline_root else None
+  if newest_folder is None or newest_folder[0] <= newest_execution:
+    return None
+  state = ("is missing" if size is None else "is empty (0 bytes)" if size == 0
+           else "records no runs" if not newest_execution
+           else f"is older than the artifacts beside it (it records executions up to id "
+                f"{newest_execution}; {newest_folder[1]} was written by execution "
+                f"{newest_folder[0]})")
+  return (f"the ML Metadata store {metadata_path} {state}, but the pipeline root {pipeline_root} "
+          "holds earlier runs' artifacts: a new run would reuse their execution ids and write "
+          "into their folders. Restore the store from a backup, or pass a new --output-dir, or "
+          f"delete {pipeline_root} too to start afresh")
+
+
+def _newest_execution_folder(pipeline_root):
+  """(id, path) of the newest execution's output folder in the pipeline root
+  (ROOT/component/output/ID; not .system, whose driver folders have other numbers), or None."""
+  if "://" in pipeline_root or not os.path.isdir(pipeline_root):
+    return None
+  newest = None
+  for component in os.scandir(pipeline_root):
+    if not component.is_dir():
+      continue
+    for output in os.scandir(component.path):
+      if output.name.startswith(".") or not output.is_dir():
+        continue
+      for entry in os.scandir(output.path):
+        if entry.name.isdigit() and (newest is None or int(entry.name) > newest[0]):
+          newest = (int(entry.name), entry.path)
+  return newest
+
+
 def run_ids(store) -> List[str]:
   """Every pipeline run recorded in the store, oldest first."""
   runs = store.get_contexts_by_type("pipeline_run")
   return [c.name for c in sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))]
 
 
-def format_runs(summaries: List[RunSummary]) -> str:
-  """One line per run: when, data span, eval metrics, blessed, pushed where."""
+def format_runs(summaries: List[RunSummary], running: Optional[str] = None) -> str:
+  """One line per run: when, data span, eval metrics, blessed, pushed where. A run with a
+  component that started and never finished is `running` (the run id of the run in progress,
+  if any) or was killed."""
   lines = [f"{'run':<28} {'span':>4} {'inputs':>7} {'loss':>8} {'neg_elbo':>9} "
            f"{'blessed':>7}  pushed to"]
   for summary in summaries:
     example_gen = summary.component(EXAMPLE_GEN)
     span = (example_gen.properties.get("examples", {}).get("span", "-")
             if example_gen and example_gen.outputs.get("examples") else "-")
-    failed = [c.component for c in summary.components if c.state == "FAILED"]
     blessed = {True: "yes", False: "no", None: "-"}[summary.blessed]
-    pushed = summary.pushed_dir or (f"(failed: {', '.join(failed)})" if failed else "-")
+    pushed = summary.pushed_dir or outcome(summary, running) or "-"
     metrics = summary.metrics
-    lines.append(f"{summary.run_id[:26]:<28} {span!s:>4} {summary.inputs or 0:>7,} "
-                 f"{metrics.get(features.LOSS, float('nan')):8.1f} "
-                 f"{metrics.get(features.NEG_ELBO, float('nan')):9.1f} {blessed:>7}  {pushed}")
+    inputs = f"{summary.inputs:,}" if summary.inputs is not None else "-"
+    lines.append(f"{summary.run_id[:26]:<28} {span!s:>4} {inputs:>7} "
+                 f"{_number(metrics.get(features.LOSS), 8)} "
+                 f"{_number(metrics.get(features.NEG_ELBO), 9)} {blessed:>7}  {pushed}")
   return "\n".join(lines)
+
+
+def outcome(summary: RunSummary, running: Optional[str] = None) -> Optional[str]:
+  """What stopped a run that did not finish: `(failed: Trainer)`, `(interrupted: Trainer)`,
+  `(running: Trainer)` or `(unfinished: killed during Trainer)`; None for a finished run."""
+  failed = [c for c in summary.components if c.state == "FAILED"]
+  if failed:
+    interrupted = all((c.reason or "").startswith(INTERRUPTED) for c in failed)
+    return (f"({'interrupted' if interrupted else 'failed'}: "
+            f"{', '.join(c.component for c in failed)})")
+  unfinished = [c.component for c in summary.components if c.state in UNFINISHED]
+  if unfinished:
+    if summary.run_id == running:
+      return f"(running: {', '.join(unfinished)})"
+    return f"(unfinished: killed during {', '.join(unfinished)})"
+  return None
+
+
+def _number(value, width, digits=1):
+  """A metric right-aligned in `width`; `-` when there is none."""
+  return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
 
 
 def latest_run_id(store):
@@ -107,10 +219,20 @@ def component_runs(store, run_id) -> List[ComponentRun]:
                                   list(artifact.properties.items())
                                   + list(artifact.custom_properties.items())})
     seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
+    reason = execution.custom_properties.get(FAILURE_REASON)
     result.append(ComponentRun(
         component=node.name.split(".", 1)[-1],
         state=metadata_store_pb2.Execution.State.Name(execution.last_known_state),
-        seconds=seconds, outputs=outputs, properties=properties))
+        seconds=seconds, outputs=outputs, properties=properties,
+        reason=reason.string_value if reason is not None else None))
+  # A component stopped before ML Metadata recorded its execution (Ctrl-C while its inputs were
+  # resolved): the local runner names it on the run.
+  stopped = run.custom_properties.get(FAILED_COMPONENT)
+  if stopped is not None and not any(c.component == stopped.string_value for c in result):
+    reason = run.custom_properties.get(FAILURE_REASON)
+    result.append(ComponentRun(component=stopped.string_value, state="FAILED", seconds=0.0,
+                               outputs={}, properties={},
+                               reason=reason.string_value if reason is not None else None))
   return result
 
 
@@ -139,9 +261,10 @@ def summarize(metadata_path, run_id=None) -> RunSummary:
   if evaluator and evaluator.state in ("COMPLETE", "CACHED"):
     (summary.metrics, summary.baseline_metrics, summary.label_metrics, summary.blessed,
      failures) = evaluation.read_evaluation(evaluator.outputs["evaluation"][0])
-    summary.blessing_reasons = [
+    # Two thresholds may fail for one cause (a NaN loss fails the bound and the change): once.
+    summary.blessing_reasons = list(dict.fromkeys(
         evaluation.explain_failure(f, summary.metrics, summary.baseline_metrics)
-        for f in failures]
+        for f in failures))
   report = summary.component(RUN_REPORT)
   if report and report.state in ("COMPLETE", "CACHED"):
     summary.report = os.path.join(report.outputs["report"][0], run_report.REPORT_FILE)
@@ -157,6 +280,8 @@ def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> 
   lines = [f"Run {summary.run_id}", "", "Component                       state      seconds"]
   for c in summary.components:
     lines.append(f"  {c.component:<29} {c.state:<10} {c.seconds:7.1f}")
+    if c.reason:
+      lines.append(f"    {c.reason}")
   if summary.wall_seconds is not None:
     lines.append(f"  {'total wall time':<29} {'':<10} {summary.wall_seconds:7.1f}")
   if summary.inputs is not None:

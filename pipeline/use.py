@@ -5,9 +5,11 @@ on any model the pipeline pushed, without this project's model code.
 """
 import contextlib
 import csv
+import io
 import os
 import statistics
 import sys
+import uuid
 from typing import List, Tuple
 
 import numpy as np
@@ -135,9 +137,38 @@ def grid(images: np.ndarray, columns: int) -> Image.Image:
   return Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
 
 
+@contextlib.contextmanager
+def written(*outs):
+  """Temporary paths beside `outs`, one each, that replace them (os.replace, atomic) once the
+  block has written them all. If anything fails (or Ctrl-C) the temporary files are removed and
+  no output is left changed or half-written: every output is written whole, or not at all.
+  The temporary names keep the extension (the picture writers choose the format by it)."""
+  temps = []
+  for out in outs:
+    folder, name = os.path.split(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    stem, extension = os.path.splitext(name)
+    temps.append(os.path.join(folder, f".{stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+                                      f"{extension}"))
+  try:
+    yield temps
+    for temp, out in zip(temps, outs):
+      os.replace(temp, out)
+  except BaseException:
+    for temp in temps:
+      with contextlib.suppress(OSError):
+        os.remove(temp)
+    raise
+
+
+def scaled(picture: Image.Image, scale=3) -> Image.Image:
+  return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+
 def save_picture(picture: Image.Image, out, scale=3):
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST).save(out)
+  """Writes the picture, `scale` times enlarged, whole or not at all (see `written`)."""
+  with written(out) as (temp,):
+    scaled(picture, scale).save(temp)
   return out
 
 
@@ -168,11 +199,11 @@ def reconstruct(model: Model, path, out, limit=50, size_policy="reject"):
 def encode(model: Model, path, out, size_policy="reject"):
   names, pixels = read_images(path, model.image_shape, size_policy)
   outputs = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels), show="encoded")
-  with open_csv(out) as writer:
-    dims = range(model.latent_dim)
-    writer.writerow(["image"] + [f"z_mean_{d}" for d in dims] + [f"z_log_var_{d}" for d in dims])
-    for name, mean, log_var in zip(names, outputs[features.Z_MEAN], outputs[features.Z_LOG_VAR]):
-      writer.writerow([name] + [f"{v:.6g}" for v in mean] + [f"{v:.6g}" for v in log_var])
+  dims = range(model.latent_dim)
+  rows = [["image"] + [f"z_mean_{d}" for d in dims] + [f"z_log_var_{d}" for d in dims]]
+  for name, mean, log_var in zip(names, outputs[features.Z_MEAN], outputs[features.Z_LOG_VAR]):
+    rows.append([name] + [f"{v:.6g}" for v in mean] + [f"{v:.6g}" for v in log_var])
+  write_csv(rows, out)
   return out
 
 
@@ -182,10 +213,8 @@ def score(model: Model, path, out, size_policy="reject"):
   scores = model.on_examples(features.SCORE_SIGNATURE, to_examples(pixels),
                              show="scored")[features.SCORE]
   order = np.argsort(-scores, kind="stable")
-  with open_csv(out) as writer:
-    writer.writerow(["rank", "image", "score"])
-    for rank, i in enumerate(order, 1):
-      writer.writerow([rank, names[i], f"{scores[i]:.3f}"])
+  write_csv([["rank", "image", "score"]]
+            + [[rank, names[i], f"{scores[i]:.3f}"] for rank, i in enumerate(order, 1)], out)
   return out
 
 
@@ -216,11 +245,16 @@ def latent_plot(model: Model, path, out, limit=2000, size_policy="reject"):
   pixels, labels = pixels[keep], [labels[i] for i in keep]
   means = model.on_examples(features.ENCODE_SIGNATURE, to_examples(pixels),
                             show="encoded")[features.Z_MEAN]
-  written = [pictures.latent_figure(means, labels, out)]
+  outs = [out]
+  decoded = None
   if model.latent_dim == 2:
-    written.append(save_picture(manifold(model), os.path.splitext(out)[0] + "_manifold.png",
-                                scale=2))
-  return written
+    decoded = manifold(model)
+    outs.append(os.path.splitext(out)[0] + "_manifold.png")
+  with written(*outs) as temps:  # both files or neither
+    pictures.latent_figure(means, labels, temps[0])
+    if decoded is not None:
+      scaled(decoded, scale=2).save(temps[1])
+  return outs
 
 
 def manifold(model: Model, steps=15) -> Image.Image:
@@ -233,12 +267,15 @@ def manifold(model: Model, steps=15) -> Image.Image:
   return grid(decoded, columns=steps)
 
 
-@contextlib.contextmanager
-def open_csv(out):
-  """A csv.writer on `out` ("-" for standard output)."""
+def write_csv(rows, out):
+  """Rows as CSV to `out` ("-" for standard output), whole or not at all (see `written`)."""
+  text = io.StringIO()
+  csv.writer(text).writerows(rows)
   if out == "-":
-    yield csv.writer(sys.stdout)
+    sys.stdout.write(text.getvalue())
+    sys.stdout.flush()
     return
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w", newline="") as f:
-    yield csv.writer(f)
+  with written(out) as (temp,):
+    with open(temp, "w", newline="") as f:
+      f.write(text.getvalue())
+

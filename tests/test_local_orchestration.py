@@ -27,7 +27,9 @@ def test_a_second_run_on_the_same_store_exits_with_a_clear_message(tmp_path):
                             capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
   assert f"another run is using {config.metadata_path} (pid {os.getpid()}" in result.stderr
-  assert "--wait SECONDS" in result.stderr and "Traceback" not in result.stderr
+  # It waited already: the message does not suggest --wait again.
+  assert "still after waiting 2 s; let it finish, or use another --output-dir" in result.stderr
+  assert "--wait" not in result.stderr and "Traceback" not in result.stderr
   assert time.monotonic() - started >= 2  # it did wait
   assert not os.path.exists(config.pipeline_root)  # nothing ran
 
