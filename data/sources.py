@@ -565,10 +565,18 @@ def _read_npz(unit):
 
 def _records(path):
   """(index, serialized record) of a TFRecord file, then, if the file is cut short or damaged,
-  (index, BadInput) for the record where reading stopped: the records before it are kept."""
+  (index, BadInput) for the record where reading stopped: the records before it are kept.
+
+  TensorFlow's record reader, not tf.data: it checks each record's CRCs the same way but runs
+  no TensorFlow op, so reading a source (as Airflow does while parsing the DAG) leaves
+  TensorFlow's runtime unstarted, and a process forked afterwards (Airflow's task runner) can
+  still run TensorFlow. After any eager op, a forked child's first tf.function hangs forever.
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  compression = "GZIP" if _is_gzip(path) else ""
-  records = iter(tf.data.TFRecordDataset(path, compression_type=compression))
+  from tensorflow.python.util import deprecation  # pylint: disable=import-outside-toplevel
+  options = tf.io.TFRecordOptions(compression_type="GZIP" if _is_gzip(path) else "")
+  with deprecation.silence():  # "use tf.data": which is what must not run here (above)
+    records = tf.compat.v1.io.tf_record_iterator(path, options)
   index = 0
   while True:
     try:
@@ -584,7 +592,7 @@ def _records(path):
         reason = f"damaged TFRecord file at record {index} ({kept}): {said}"
       yield index, images.BadInput(reason)
       return
-    yield index, record.numpy()
+    yield index, record
     index += 1
 
 

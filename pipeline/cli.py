@@ -141,7 +141,17 @@ def add_run_parser(commands, settings):
   run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another run is using the same ML Metadata store, wait up to this "
                         "long for it to finish (default: exit at once with a message)")
+  run.add_argument("--orchestrator", choices=list(local_runner_orchestrators()),
+                   default=local_runner_orchestrators()[0],
+                   help="TFX's runner of the DAG: local (LocalDagRunner: one component after "
+                        "another in this process) or beam (BeamDagRunner: each component a step "
+                        "of a Beam pipeline); same store, cache, summary and report")
   run.set_defaults(handler=run_command)
+
+
+def local_runner_orchestrators():
+  """local_runner.ORCHESTRATORS' names, without importing TFX for `--help`."""
+  return ("local", "beam")
 
 
 def run_config(args) -> PipelineConfig:
@@ -178,7 +188,7 @@ def run_command(args):
   print(f"Running pipeline '{config.pipeline_name}' on {config.data} ({config.source.kind}, "
         f"images brought to {height}x{width}x{channels}) -> {config.output_dir}", flush=True)
   try:
-    summary = local_runner.run(config, wait_seconds=args.wait)
+    summary = local_runner.run(config, wait_seconds=args.wait, orchestrator=args.orchestrator)
   except (local_runner.StoreBusyError, local_runner.StoreDamagedError) as error:
     raise UserError(str(error)) from None
   print()

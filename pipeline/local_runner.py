@@ -1,4 +1,11 @@
-"""Runs the pipeline on this machine: LocalDagRunner, Beam in-process, SQLite ML Metadata."""
+"""Runs the pipeline on this machine: TFX's LocalDagRunner (default) or BeamDagRunner, Beam
+in-process inside the components, SQLite ML Metadata.
+
+Both orchestrators are TFX's IR-based runners of the same `create_pipeline`: the same store,
+cache, lock, summary and report. LocalDagRunner runs the components one after another in this
+process; BeamDagRunner makes each component a step of a Beam pipeline (TFX's own MNIST example
+runs this way), which is what to extend towards a Beam cluster.
+"""
 import contextlib
 import fcntl
 import os
@@ -9,6 +16,7 @@ import time
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow.python.util import deprecation
 from tfx.orchestration import metadata as tfx_metadata
+from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
@@ -74,7 +82,12 @@ def store_lock(metadata_path, wait_seconds=0.0):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0) -> summary_lib.RunSummary:
+# `vae-pipeline run --orchestrator NAME`: the first is the default.
+ORCHESTRATORS = {"local": LocalDagRunner, "beam": BeamDagRunner}
+
+
+def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0,
+        orchestrator="local") -> summary_lib.RunSummary:
   """Runs the whole pipeline, then writes the run's summary under config.runs_dir (the
   pictures are in the RunReport component's HTML report).
 
@@ -87,7 +100,7 @@ def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0) -> summary
   beam_local.skip_worker_packages_for_direct_runner()
   with store_lock(config.metadata_path, wait_seconds):
     check_store(config)
-    return _run(config, show_progress)
+    return _run(config, show_progress, ORCHESTRATORS[orchestrator])
 
 
 def check_store(config: PipelineConfig):
@@ -99,7 +112,7 @@ def check_store(config: PipelineConfig):
     raise StoreDamagedError(problem)
 
 
-def _run(config, show_progress):
+def _run(config, show_progress, runner=LocalDagRunner):
   connection = tfx_metadata.sqlite_metadata_connection_config(config.metadata_path)
   pipeline = create_pipeline(config, connection)
   earlier = _run_ids(config.metadata_path)
@@ -108,7 +121,7 @@ def _run(config, show_progress):
   try:
     shows = progress.component_progress() if show_progress else contextlib.nullcontext()
     with shows as shown:
-      LocalDagRunner().run(pipeline)
+      runner().run(pipeline)
   except BaseException as error:  # pylint: disable=broad-except  (Ctrl-C too)
     # Record what did run (and which component failed, and why) before the error goes up.
     with _no_interrupts():

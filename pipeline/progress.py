@@ -7,11 +7,12 @@ import time
 
 from absl import logging as absl_logging
 
-_COMPONENT_EVENT = re.compile(r"Component (\S+) is (running|finished)\.")
+# LocalDagRunner logs "Component X is running.", BeamDagRunner "node X is running.".
+_COMPONENT_EVENT = re.compile(r"(?:Component|node) (\S+) is (running|finished)\.")
 
 
 class ComponentProgress(logging.Handler):
-  """Turns LocalDagRunner's 'Component X is running/finished.' lines into progress lines."""
+  """Turns the orchestrator's 'Component X is running/finished.' lines into progress lines."""
 
   def __init__(self, stream=None):
     super().__init__(level=logging.INFO)

@@ -71,8 +71,12 @@ class LatestOtherBlessedModelStrategy(resolver.ResolverStrategy):
     blessings = {blessing.get_int_custom_property(CURRENT_MODEL_ID): blessing
                  for blessing in input_dict.get("model_blessing", [])
                  if blessing.get_int_custom_property(BLESSED) == 1}
-    # Every input key stays in the result (TFX's input graph expects them all).
-    result = {"model": [], "model_blessing": [], "candidate": candidate}
+    # Every input key stays in the result (TFX's input graph expects them all). `candidate` is
+    # this run's model only: the older launcher records every output as an event of this
+    # resolver's execution, and ML Metadata refuses an artifact output twice by one execution
+    # (an earlier model under `candidate` and again under `model`).
+    result = {"model": [], "model_blessing": [],
+              "candidate": [a for a in candidate if a.id == candidate_id]}
     for model in sorted(input_dict.get("model", []), key=lambda a: a.id, reverse=True):
       if model.id in blessings and model.id != candidate_id:
         result.update(model=[model], model_blessing=[blessings[model.id]])
