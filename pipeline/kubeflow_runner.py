@@ -65,7 +65,8 @@ def compile_pipeline(config: PipelineConfig, output_dir, image=DEFAULT_IMAGE) ->
                                                                   input_base=data_root))
   runner = kubeflow_v2.KubeflowV2DagRunner(
       config=kubeflow_v2.KubeflowV2DagRunnerConfig(display_name=config.pipeline_name,
-                                                   default_image=image),
+                                                   default_image=image,
+                                                   use_pipeline_spec_2_1=True),
       output_dir=output_dir)
   defaults = {DATA_ROOT_PARAMETER: data_root.default}
   job = runner.run(create_pipeline(config), parameter_values=defaults, write_out=False)
