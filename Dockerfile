@@ -7,7 +7,7 @@
 FROM tensorflow/tfx:1.16.0
 
 # Keras 2 (tf_keras) in every process: TensorFlow Transform's layer is a Keras 2 model, and
-# TFX's import order would otherwise pick Keras 3 (README: Environment).
+# TFX's import order would otherwise pick Keras 3 (docs/deployment.md, "The environment").
 ENV TF_USE_LEGACY_KERAS=1
 
 WORKDIR /src/vae-pipeline

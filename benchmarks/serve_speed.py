@@ -4,7 +4,7 @@
 
 --model: default the latest `make run` push. Measured twice, each in a process of its own:
 with TensorFlow's default intra-op threads (one per core) and with one, as a TensorFlow Serving
-started with --tensorflow_intra_op_parallelism=1 runs (the setting the README recommends for
+started with --tensorflow_intra_op_parallelism=1 runs (the setting docs/serving.md recommends for
 this model). --intra-op-threads N measures that setting alone (0: TensorFlow's default).
 
 Inputs are the bundled digits as raw tf.Examples (PNG-encoded), as a client would send them.
