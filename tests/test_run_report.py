@@ -1,5 +1,6 @@
-"""The RunReport component: its page on made-up facts (fast), its executor and its place in a real
-run (the labelled RGB run of conftest.py), and the page in headless Chromium (Debian's `chromium`).
+"""The RunReport component: its page and model card on made-up facts (fast), its templates as
+package data, its executor and its place in a real run (the labelled RGB run of conftest.py), and
+the page in headless Chromium (Debian's `chromium`).
 """
 import dataclasses
 import glob
@@ -8,15 +9,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
-from tfx.types import artifact_utils
+from tfx.types import Channel, artifact_utils
 
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.components.run_report import executor, page
+from vae_pipeline.components.run_report.component import RunReport
+from vae_pipeline.components.run_report.spec import MODEL_CARD_FILE
 from vae_pipeline.models import features
 
 # What a locked-down machine needs for a headless start with no network (see docs/testing.md).
@@ -41,6 +46,53 @@ def images_of(page_html):
   parser = Images()
   parser.feed(page_html)
   return parser.sources
+
+
+class Parsed(html.parser.HTMLParser):
+  """An HTML text's tables (rows of cell texts, blank rows left out), list items and start tags."""
+
+  def __init__(self, text):
+    super().__init__()
+    self.tables, self.items, self.tags = [], [], []
+    self._cell = self._item = None
+    self.feed(text)
+    self.close()
+    self.tables = [[row for row in table if any(row)] for table in self.tables]
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.append(tag)
+    if tag == "table":
+      self.tables.append([])
+    elif tag == "tr":
+      self.tables[-1].append([])
+    elif tag in ("td", "th"):
+      self._cell = []
+    elif tag == "li":
+      self._item = []
+
+  def handle_endtag(self, tag):
+    if tag in ("td", "th"):
+      self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+      self._cell = None
+    elif tag == "li":
+      self.items.append(" ".join("".join(self._item).split()))
+      self._item = None
+
+  def handle_data(self, data):
+    for part in (self._cell, self._item):
+      if part is not None:
+        part.append(data)
+
+
+def markdown_as_html(text):
+  """The Markdown as a GitHub-like renderer shows it (CommonMark with tables, raw HTML on)."""
+  markdown_it = pytest.importorskip("markdown_it")
+  return markdown_it.MarkdownIt("commonmark").enable("table").render(text)
+
+
+def card_of_page(page_html):
+  """The page's model card section."""
+  return page_html[page_html.index('<h2 id="model-card">'):]
 
 
 def made_up_facts(**changes):
@@ -81,6 +133,112 @@ def test_page_for_a_first_blessed_model_and_unlabelled_data():
   assert "Per label" not in text
 
 
+# A label name and a source that would break an HTML page or a Markdown table if not escaped.
+HOSTILE_LABEL = "dog | <script>alert(1)</script> *a* [b](c) `d` \\"
+HOSTILE_SOURCE = "images: /data/x|y <b>z</b>\nsecond line"
+
+
+def test_model_card_states_what_the_model_is_and_how_it_did():
+  card = page.render_card(made_up_facts())
+  assert card.startswith("# Model card: image VAE of run 2026-01-01T00:00:00")
+  for row in ("| data span | 3 |", "| inputs read | 100 |",
+              "| bad inputs skipped | 2 (listed in `/data/bad_inputs.csv`) |",
+              "| train examples | 80 |", "| eval examples | 20 |",
+              "| labels | 2 classes (from class folders), never used in training |",
+              "| 0 | cat \\<tabby\\> | 12 | 140.00 |", "| 1 | dog | 8 | 165.00 |",
+              "| `loss` | 150.00 | 149.50 |",
+              "| no worse than the latest blessed model | 150.00 | 149.50 | +0.50 (allowed +0.00) "
+              "| FAIL |"):
+    assert row in card, row
+  assert "| source | not recorded |" in card  # the pipeline does not pass one yet
+  assert "**Not blessed, not pushed**" in card
+  assert "- loss 150.00 is +0.50 vs the latest blessed model's 149.50" in card
+  assert "## Anomaly threshold\n\nNot recorded for this model.\n" in card
+  assert "## Intended use" in card and "Not a classifier" in card
+  assert "## Known limits" in card and "single-stroke" in card
+  assert "- Model: `/m` (the candidate; it was not pushed)" in card
+  pushed = page.render_card(made_up_facts(blessed=True, blessing_reasons=[], pushed_dir="/s/7"))
+  assert "- Model: `/s/7`\n" in pushed and "**Blessed**" in pushed and "Why not" not in pushed
+
+
+def test_model_card_in_the_page_says_what_the_markdown_says():
+  facts = made_up_facts(source="images: /data/pets", anomaly_threshold=812.5)
+  in_page = Parsed(card_of_page(page.render(facts)))
+  in_markdown = Parsed(markdown_as_html(page.render_card(facts)))
+  # Every table, row by row and cell by cell: training data, labels, metrics, rules, threshold.
+  assert len(in_page.tables) == 5 and in_page.tables == in_markdown.tables
+  # Every list item of the page's card (reasons, intended use, known limits) is in the Markdown.
+  assert len(in_page.items) > 8 and set(in_page.items) <= set(in_markdown.items)
+
+
+def test_model_card_escapes_names_for_html_and_markdown():
+  facts = made_up_facts(label_names=["cat <tabby>", HOSTILE_LABEL], source=HOSTILE_SOURCE)
+  card = page.render_card(facts)
+  assert "<script>" not in card and "\nsecond line" not in card
+  for rendered in (markdown_as_html(card), card_of_page(page.render(facts))):
+    parsed = Parsed(rendered)
+    assert "script" not in parsed.tags and "b" not in parsed.tags and "a" not in parsed.tags
+    training_data, labels = parsed.tables[:2]
+    assert ["source", "images: /data/x|y <b>z</b> second line"] in training_data
+    assert labels[0] == ["label", "class", "eval images", "loss (nats per image)"]
+    assert labels[1:] == [["0", "cat <tabby>", "12", "140.00"], ["1", HOSTILE_LABEL, "8", "165.00"]]
+    assert all(len(row) == len(table[0]) for table in parsed.tables for row in table)
+
+
+def test_model_card_shows_the_anomaly_threshold_when_recorded():
+  facts = made_up_facts(anomaly_quantile=0.99, anomaly_threshold=812.5, false_positive_rate=0.0123)
+  for rendered in (markdown_as_html(page.render_card(facts)), card_of_page(page.render(facts))):
+    assert Parsed(rendered).tables[-1] == [
+        ["threshold (anomaly score)", "812.50"],
+        ["quantile of the eval split's scores", "0.99 (the 99th percentile)"],
+        ["false-positive rate", "1.23%"]]
+    assert "Not recorded for this model" not in rendered
+  partly = page.render_card(made_up_facts(anomaly_threshold=812.5))
+  assert "| false-positive rate | not recorded |" in partly
+
+
+def test_source_is_a_parameter_only_when_given():
+  channels = {key: Channel(type=parameter.type)
+              for key, parameter in RunReport.SPEC_CLASS.INPUTS.items()}
+  rule = dict(loss_upper_bound=300.0, max_loss_increase=0.0)
+  assert "source" not in RunReport(**channels, **rule).exec_properties  # compiled as before
+  assert RunReport(**channels, **rule, source="images: /data/pets").exec_properties[
+      "source"] == "images: /data/pets"
+
+
+def test_templates_are_found_in_the_source_tree_and_installed_as_package_data(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  folder = os.path.join(root, "components", "run_report", "templates")
+  templates = sorted(os.listdir(folder))
+  assert page.PAGE_TEMPLATE in templates and page.CARD_TEMPLATE in templates
+  assert sorted(page.HTML.list_templates()) == templates  # the editable install: this tree
+  # A wheel of this tree (setup.py maps pipeline/ to vae_pipeline), installed elsewhere.
+  source = tmp_path / "source"
+  ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+  for part in ("pipeline", "models", "components", "data"):
+    shutil.copytree(os.path.join(root, part), source / part, ignore=ignore)
+  shutil.copy(os.path.join(root, "setup.py"), source)
+  built = subprocess.run(
+      [sys.executable, "-c", "from setuptools import build_meta; "
+                             "print(build_meta.build_wheel('dist'))"],
+      cwd=source, capture_output=True, text=True, timeout=300)
+  assert built.returncode == 0, built.stderr[-2000:]
+  installed = tmp_path / "installed"
+  with zipfile.ZipFile(source / "dist" / built.stdout.split()[-1]) as wheel:
+    wheel.extractall(installed)
+  shown = subprocess.run(
+      [sys.executable, "-c", "from vae_pipeline.components.run_report import page\n"
+                             "for name in page.HTML.list_templates():\n"
+                             "  (page.MARKDOWN if name.endswith('.md.j2') else page.HTML"
+                             ").get_template(name)\n"
+                             "print(page.__file__, *page.HTML.list_templates())"],
+      env=dict(os.environ, PYTHONPATH=str(installed)), cwd=tmp_path, capture_output=True,
+      text=True, timeout=300)
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  assert shown.stdout.split() == [
+      str(installed / "vae_pipeline" / "components" / "run_report" / "page.py")] + templates
+
+
 def run_artifacts(metadata_path, run_id):
   """(component, output key) -> TFX artifact, for every output of a recorded run."""
   store = summary_lib.open_store(metadata_path)
@@ -118,28 +276,57 @@ def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   assert f"{summary.metrics[features.LOSS]:,.2f}" in text
   assert "Split train" in text and "Split eval" in text
 
+  # The model card: beside the page, in the pushed model's folder (the same file), in the page.
+  with open(os.path.join(folder, MODEL_CARD_FILE)) as f:
+    card = f.read()
+  with open(os.path.join(summary.pushed_dir, MODEL_CARD_FILE)) as f:
+    assert f.read() == card
+  assert sorted(os.listdir(summary.pushed_dir)) == sorted(
+      ["assets", "fingerprint.pb", MODEL_CARD_FILE, "saved_model.pb", "variables"])
+  assert f"- Model: `{summary.pushed_dir}`\n" in card and "**Blessed**" in card
+  assert f"| inputs read | {summary.inputs:,} |" in card and "| bad inputs skipped | none |" in card
+  train = int(re.search(r"\| train examples \| (\d+) \|", card).group(1))
+  evaluated = int(re.search(r"\| eval examples \| (\d+) \|", card).group(1))
+  assert evaluated == summary.metrics["example_count"] and train + evaluated == summary.inputs
+  for value, name in enumerate(summary.label_names):
+    assert f"| {value} | {name} |" in card
+  assert f"| `loss` | {summary.metrics[features.LOSS]:,.2f} | - |" in card
+  assert "## Anomaly threshold" in card and "## Known limits" in card
+  assert Parsed(card_of_page(text)).tables == Parsed(markdown_as_html(card)).tables
+
 
 @pytest.mark.e2e
 def test_executor_on_the_runs_artifacts(rgb_run, tmp_path):
   """The executor alone, on the real artifacts the run recorded: the same page, any folder."""
   config, summary = rgb_run
   artifacts = run_artifacts(config.metadata_path, summary.run_id)
+  # A copy of the pushed model, so that the run's own card stays as the run wrote it.
+  pushed = tmp_path / "serving" / os.path.basename(summary.pushed_dir)
+  shutil.copytree(summary.pushed_dir, pushed, ignore=shutil.ignore_patterns(MODEL_CARD_FILE))
+  artifacts[("Pusher", "pushed_model")].set_string_custom_property("pushed_destination",
+                                                                   str(pushed))
+  report = tmp_path / "report"
   path = executor.write_report(
-      str(tmp_path), examples=artifacts[("ExampleGen", "examples")],
+      str(report), examples=artifacts[("ExampleGen", "examples")],
       statistics=artifacts[("StatisticsGen", "statistics")],
       model=artifacts[("Trainer", "model")], model_run=artifacts[("Trainer", "model_run")],
       evaluation=artifacts[("Evaluator", "evaluation")],
       blessing=artifacts[("Evaluator", "blessing")],
       pushed_model=artifacts[("Pusher", "pushed_model")],
       loss_upper_bound=config.loss_upper_bound, max_loss_increase=config.max_loss_increase,
-      run_id="again")
+      run_id="again", source=HOSTILE_SOURCE)
   with open(path) as f:
     text = f.read()
   examples = sum(s.examples for s in executor.read_statistics(
       artifacts[("StatisticsGen", "statistics")]))
   assert examples == 240 == summary.inputs
-  assert "Run again" in text and sorted(os.listdir(tmp_path)) == sorted(
-      ["index.html"] + images_of(text))
+  assert "Run again" in text and sorted(os.listdir(report)) == sorted(
+      ["index.html", MODEL_CARD_FILE] + images_of(text))
+  card = (report / MODEL_CARD_FILE).read_text()
+  assert (pushed / MODEL_CARD_FILE).read_text() == card and "image VAE of run again" in card
+  assert sorted(os.listdir(pushed)) == sorted(os.listdir(summary.pushed_dir))  # no temporary
+  assert ["source", "images: /data/x|y <b>z</b> second line"] in Parsed(
+      markdown_as_html(card)).tables[0]
 
 
 def chromium():

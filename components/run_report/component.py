@@ -1,8 +1,10 @@
-"""RunReport: after the Evaluator and Pusher, writes the run's HTML report and its pictures.
+"""RunReport: after the Evaluator and Pusher, writes the run's HTML report, its pictures and the
+model card (also into the pushed model's folder).
 
     report = RunReport(examples=..., statistics=..., model=..., model_run=..., evaluation=...,
-                       blessing=..., pushed_model=..., loss_upper_bound=..., max_loss_increase=...)
-    report.outputs["report"]  # a folder with index.html
+                       blessing=..., pushed_model=..., loss_upper_bound=..., max_loss_increase=...,
+                       source=...)
+    report.outputs["report"]  # a folder with index.html and model_card.md
 """
 from typing import Optional
 
@@ -19,9 +21,13 @@ class RunReport(base_component.BaseComponent):
 
   def __init__(self, examples: Channel, statistics: Channel, model: Channel, model_run: Channel,
                evaluation: Channel, blessing: Channel, loss_upper_bound: float,
-               max_loss_increase: float, pushed_model: Optional[Channel] = None):
+               max_loss_increase: float, pushed_model: Optional[Channel] = None,
+               source: Optional[str] = None):
+    # `source` only when given: an absent optional parameter leaves the component's properties
+    # (its cache key, a compiled pipeline) as they were.
+    optional = {"source": source} if source else {}
     super().__init__(spec=RunReportSpec(
         examples=examples, statistics=statistics, model=model, model_run=model_run,
         evaluation=evaluation, blessing=blessing, pushed_model=pushed_model,
         loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
-        report=Channel(type=RunReportArtifact)))
+        report=Channel(type=RunReportArtifact), **optional))

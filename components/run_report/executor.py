@@ -1,5 +1,7 @@
 """Gathers what a run produced (data, training, evaluation, blessing, push) and writes the report:
-`index.html` (page.py) and its figures (vae_pipeline.pictures), in the output artifact's folder."""
+`index.html` (page.py) and its figures (vae_pipeline.pictures), in the output artifact's folder,
+and the model card `model_card.md` beside it and, when the model was pushed, in the pushed model's
+folder (so that it travels with the model)."""
 import dataclasses
 import glob
 import json
@@ -18,7 +20,7 @@ from vae_pipeline import pictures
 from vae_pipeline import use
 from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.components.run_report import page
-from vae_pipeline.components.run_report.spec import REPORT_FILE
+from vae_pipeline.components.run_report.spec import MODEL_CARD_FILE, REPORT_FILE
 from vae_pipeline.models import evaluation as evaluation_lib
 from vae_pipeline.models import features
 
@@ -58,6 +60,12 @@ class Facts:
   pushed_dir: Optional[str]
   model_dir: str
   figures: Dict[str, str] = dataclasses.field(default_factory=dict)  # name -> file in the folder
+  source: Optional[str] = None  # where the images came from, in words (the `source` parameter)
+  # The anomaly threshold on the `score` signature's anomaly score, the quantile of the eval
+  # split's scores it is, and the share of normal images it flags; None: not recorded.
+  anomaly_quantile: Optional[float] = None
+  anomaly_threshold: Optional[float] = None
+  false_positive_rate: Optional[float] = None
 
 
 class Executor(base_executor.BaseExecutor):
@@ -73,22 +81,35 @@ class Executor(base_executor.BaseExecutor):
         model_run=single("model_run"), evaluation=single("evaluation"),
         blessing=single("blessing"), pushed_model=pushed[0] if pushed else None,
         loss_upper_bound=exec_properties["loss_upper_bound"],
-        max_loss_increase=exec_properties["max_loss_increase"], run_id=run_id)
+        max_loss_increase=exec_properties["max_loss_increase"], run_id=run_id,
+        source=exec_properties.get("source"))
 
 
 def write_report(out_dir, examples, statistics, model, model_run, evaluation, blessing,
-                 pushed_model, loss_upper_bound, max_loss_increase, run_id) -> str:
-  """Writes index.html and its PNGs into out_dir; returns the page's path."""
+                 pushed_model, loss_upper_bound, max_loss_increase, run_id, source=None) -> str:
+  """Writes index.html, its PNGs and model_card.md into out_dir, and model_card.md into the
+  pushed model's folder when the model was pushed; returns the page's path."""
   facts = gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
-                 loss_upper_bound, max_loss_increase, run_id)
+                 loss_upper_bound, max_loss_increase, run_id, source)
   draw_figures(facts, examples.uri, out_dir)
+  card = page.render_card(facts)
+  write_atomically(os.path.join(out_dir, MODEL_CARD_FILE), card)
+  if facts.pushed_dir:
+    write_atomically(os.path.join(facts.pushed_dir, MODEL_CARD_FILE), card)
   path = os.path.join(out_dir, REPORT_FILE)
   io_utils.write_string_file(path, page.render(facts))
   return path
 
 
+def write_atomically(path, text):
+  """A reader (a model server watching the folder) sees the whole file or none of it."""
+  temporary = f"{path}.tmp-{os.getpid()}"
+  io_utils.write_string_file(temporary, text)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
 def gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
-           loss_upper_bound, max_loss_increase, run_id) -> Facts:
+           loss_upper_bound, max_loss_increase, run_id, source=None) -> Facts:
   metrics, baseline, per_label, _, failures = evaluation_lib.read_evaluation(evaluation.uri)
   with tf.io.gfile.GFile(os.path.join(model_run.uri, features.HISTORY_FILE)) as f:
     history = json.load(f)
@@ -110,7 +131,7 @@ def gather(examples, statistics, model, model_run, evaluation, blessing, pushed_
       blessing_reasons=[evaluation_lib.explain_failure(f, metrics, baseline) for f in failures],
       loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
       pushed_dir=pushed_model.get_string_custom_property("pushed_destination") if pushed else None,
-      model_dir=model_dir)
+      model_dir=model_dir, source=source or None)
 
 
 def _int_property(artifact, name):

@@ -5,10 +5,13 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 # The page inside the report artifact's folder.
 REPORT_FILE = "index.html"
+# The model card (Markdown), beside the page and in the pushed model's folder.
+MODEL_CARD_FILE = "model_card.md"
 
 
 class RunReportArtifact(artifact.Artifact):
-  """A folder with `index.html` and the PNGs it shows; static, opens without a network."""
+  """A folder with `index.html`, the PNGs it shows and `model_card.md`; static, opens without a
+  network."""
   # `namespace.Name`: the form Kubeflow V2 accepts as the schema title of a custom type.
   TYPE_NAME = "vae_pipeline.RunReport"
 
@@ -18,6 +21,8 @@ class RunReportSpec(ComponentSpec):
       # The blessing rule, stated next to the numbers it compared (config.py holds the values).
       "loss_upper_bound": ExecutionParameter(type=float),
       "max_loss_increase": ExecutionParameter(type=float),
+      # Where the images came from, in words, for the model card (e.g. `images: /data/pets`).
+      "source": ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       "examples": ChannelParameter(type=standard_artifacts.Examples),  # raw, with labels if any
