@@ -16,3 +16,13 @@ warnings.filterwarnings("ignore", message="You are using a non-supported Python 
 warnings.filterwarnings("ignore", message="Support for google-cloud-storage", category=FutureWarning)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  """`vae_pipeline.RunReport`, the RunReport artifact type, imported only when asked for: TFX's
+  Kubeflow V2 entry point imports a custom artifact type by its schema title
+  (`vae_pipeline.RunReport`), and importing it here eagerly would import TFX with the package."""
+  if name == "RunReport":
+    from vae_pipeline.components.run_report.spec import RunReportArtifact  # pylint: disable=import-outside-toplevel
+    return RunReportArtifact
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,12 +2,17 @@
 KubeflowV2DagRunner; submitted and scheduled through kfp's Client or Vertex AI's PipelineJob.
 
 Compiling needs no cluster and no cloud credentials: nothing under the cloud paths is read.
+
+The compiled pipeline runs on Vertex AI. Open-source KFP 2.x cannot run it: its backend refuses
+the baseline resolver's tasks and never runs ExampleGen's driver (`open_source_kfp_problems`),
+so `submit_to_kfp` and `schedule_on_kfp` say so before contacting the cluster.
+tests/test_kubeflow_executed.py executes every task of the compiled files on this machine.
 """
 import dataclasses
 import json
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -64,6 +69,11 @@ def compile_pipeline(config: PipelineConfig, output_dir, image=DEFAULT_IMAGE) ->
   config = dataclasses.replace(config, source=dataclasses.replace(config.source,
                                                                   input_base=data_root))
   runner = kubeflow_v2.KubeflowV2DagRunner(
+      # Schema 2.1.0: constants as `constant` and typed `parameterType`s (open-source KFP's
+      # driver reads no other form), and each step gets its inputs spec, with which TFX's entry
+      # point reads `parameterValues`, including the span and resolved pattern ExampleGen's
+      # driver writes to the output metadata file (in 2.0.0 it reads the deprecated
+      # `parameters` and depends on the platform to pass the driver's values on).
       config=kubeflow_v2.KubeflowV2DagRunnerConfig(display_name=config.pipeline_name,
                                                    default_image=image,
                                                    use_pipeline_spec_2_1=True),
@@ -116,8 +126,60 @@ def vertex_cron(expression: str) -> str:
   return (zone + " " if zone else "") + " ".join(fields)
 
 
+# ----------------------------------------------------------------------------- open-source KFP
+
+# ExampleGen input patterns that only its driver resolves (span, version, date).
+_DRIVER_PATTERN = re.compile(r"\{(SPAN|VERSION|YYYY|MM|DD)(:\d+)?\}")
+
+
+def open_source_kfp_problems(spec: dict) -> List[str]:
+  """Why open-source Kubeflow Pipelines 2.x cannot run a compiled spec (empty: it can), as its
+  backend's sources read (kubeflow/pipelines, backend/src/v2):
+    * the workflow compiler refuses `resolver` executors ("resolver executors not
+      implemented") and Google Cloud custom jobs, when the run is created;
+    * the driver refuses constants in the deprecated `constantValue` form of schema 2.0.0 and
+      component parameters with no `parameterType`;
+    * no code runs a container's `lifecycle.preCacheCheck` (ExampleGen's driver): a span,
+      version or date pattern would reach ExampleGen's executor unresolved.
+  Vertex AI runs all of these."""
+  problems = []
+  executors = spec["deploymentSpec"]["executors"]
+  tasks = spec["root"]["dag"]["tasks"]
+  for name, task in sorted(tasks.items()):
+    executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+    parameters = task.get("inputs", {}).get("parameters", {})
+    if "resolver" in executor:
+      problems.append(f"task {name} is a resolver (KFP: 'resolver executors not implemented')")
+    if "customJob" in executor:
+      problems.append(f"task {name} is a Google Cloud custom job")
+    if "lifecycle" in executor.get("container", {}):
+      pattern = str(parameters.get("input_config", {}).get("runtimeValue", {}))
+      if _DRIVER_PATTERN.search(pattern):
+        problems.append(f"task {name}'s input pattern needs its driver (lifecycle."
+                        "preCacheCheck), which KFP does not run")
+    for key, parameter in sorted(parameters.items()):
+      if "constantValue" in parameter.get("runtimeValue", {}):
+        problems.append(f"task {name}'s parameter {key} is a schema 2.0.0 constantValue")
+  for name, component in sorted(spec["components"].items()):
+    for key, parameter in sorted(component.get("inputDefinitions", {}).get("parameters",
+                                                                           {}).items()):
+      if "parameterType" not in parameter:
+        problems.append(f"component {name}'s parameter {key} has no parameterType")
+  return problems
+
+
+def check_open_source_kfp(spec_path):
+  """Raises ValueError naming why open-source KFP cannot run the compiled spec, if it cannot."""
+  with open(spec_path) as f:
+    problems = open_source_kfp_problems(yaml.safe_load(f))
+  if problems:
+    raise ValueError(f"open-source Kubeflow Pipelines cannot run {spec_path}: "
+                     + "; ".join(problems) + ". Run it on Vertex AI (--vertex), which does")
+
+
 def submit_to_kfp(client, spec_path, run_name, experiment, parameters: Optional[dict] = None):
   """Starts one run on open-source KFP; `client` is a kfp.Client."""
+  check_open_source_kfp(spec_path)
   return client.create_run_from_pipeline_package(
       spec_path, arguments=parameters or {}, run_name=run_name, experiment_name=experiment,
       enable_caching=True)
@@ -126,6 +188,7 @@ def submit_to_kfp(client, spec_path, run_name, experiment, parameters: Optional[
 def schedule_on_kfp(client, spec_path, job_name, experiment, cron, parameters=None,
                     catchup=False):
   """A recurring run: one at a time (max_concurrency=1), no catch-up of missed runs unless asked."""
+  check_open_source_kfp(spec_path)
   experiment_id = client.create_experiment(experiment).experiment_id
   return client.create_recurring_run(
       experiment_id=experiment_id, job_name=job_name, cron_expression=kfp_cron(cron),
