@@ -5,8 +5,7 @@
 All train on the same 4,000 of the bundled 5,000 digits (a fixed split) and are scored on the
 other 1,000: negative ELBO and importance-weighted NLL bound (64 draws of z; models/bounds.py)
 in nats per image, lower is better. Ours trains exactly as the Trainer does (the default
-configuration, also at latent 2; on a CPU-only machine in one process per core,
-core_parallel.train_on_cores, whose start-up counts in its seconds); the references train with
+configuration, also at latent 2; in one process: train_workers=1); the references train with
 their own recipes for the same wall-clock budget as ours (whole epochs, as many as fit). Prints
 one table.
 """
@@ -27,7 +26,6 @@ import reference_models  # noqa: E402
 from vae_pipeline import data as bundled  # noqa: E402
 from vae_pipeline.config import PipelineConfig  # noqa: E402
 from vae_pipeline.models import bounds  # noqa: E402
-from vae_pipeline.models import core_parallel  # noqa: E402
 from vae_pipeline.models import trainer  # noqa: E402
 from vae_pipeline.models import vae as vae_lib  # noqa: E402
 
@@ -86,13 +84,11 @@ class TimeBudget(keras.callbacks.Callback):
 
 def train_ours(train, seed, **overrides):
   config = PipelineConfig(image_shape=(28, 28, 1), seed=seed, **overrides).trainer_config()
+  if config["train_workers"] != 1:  # then the Trainer trains in worker processes
+    raise NotImplementedError("benchmarks/quality.py trains in one process (train_workers=1)")
   started = time.perf_counter()
-  processes = trainer.processes_here(config, len(train))  # as the Trainer decides
-  if processes > 1:
-    model, record = core_parallel.train_on_cores(config, train, verbose=0, processes=processes)
-  else:
-    model, record = trainer.train_vae(config, batches(train, config["batch_size"], seed),
-                                      verbose=0)
+  model, record = trainer.train_vae(config, batches(train, config["batch_size"], seed),
+                                    verbose=0)
   seconds = time.perf_counter() - started
   steady = statistics.median(record["epoch_seconds"][1:])
   return model, seconds, config["epochs"], len(train) / steady

@@ -4,25 +4,32 @@ The Transform graph is applied inside, so a client needs nothing but TensorFlow.
 weights are constants of each signature's graph, not variables (see with_weights_as_constants),
 and large batches run as concurrent chunks (see in_parallel_chunks).
 """
+import json
+import os
+
 import tensorflow as tf
 # TensorFlow's own freezing (its TFLite converter uses it); not in the public `tf` namespace.
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from vae_pipeline.models import anomaly
 from vae_pipeline.models import bounds
+from vae_pipeline.models import fast_layers
 from vae_pipeline.models import features
 from vae_pipeline.models import vae as vae_lib
+from vae_pipeline.models import warmup
 
 
 class VaeServing:
   """The signatures' functions, traced on the trained model's variables."""
 
   def __init__(self, model, tft_output, latent_dim):
+    self.calibration = None  # the anomaly score's constants (calibrate), before tracing `score`
     self.latent_dim = latent_dim
     self.encoder, self.decoder = model.encoder, model.decoder
-    # Kernels derived once from the trained ones (see vae.FastConv2DTranspose), read by the
+    # Kernels derived once from the trained ones (see fast_layers.FastConv2DTranspose), read by the
     # traced graphs like the other weights.
     for layer in model.decoder.layers:
-      if isinstance(layer, vae_lib.FastConv2DTranspose):
+      if isinstance(layer, fast_layers.FastConv2DTranspose):
         layer.freeze_for_serving()
     self.tft_layer = tft_output.transform_features_layer()
     raw_spec = tft_output.raw_feature_spec()
@@ -84,9 +91,23 @@ class VaeServing:
     return {features.Z_MEAN: mean, features.Z_LOG_VAR: log_var}
 
   def _score(self, examples):
-    """The deterministic loss: low for images like the training data, high for unusual ones."""
-    _, _, _, rec, kl = self._deterministic_pass(self._images(examples))
-    return {features.SCORE: rec + kl}
+    """The anomaly score (models/anomaly.py), its percentile and flag, and the raw loss."""
+    images = self._images(examples)
+    mean, _, _, rec, kl = self._deterministic_pass(images)
+    if self.calibration is None:  # not calibrated: the loss itself, as before the score
+      return {features.SCORE: rec + kl}
+    return anomaly.score_outputs(images, mean, rec + kl, self.calibration)
+
+  def calibrate(self, train_images, eval_images, anomaly_quantile):
+    """Fits the anomaly score on the transformed train and eval splits (batches of images)."""
+    @tf.function(autograph=False, reduce_retracing=True)
+    def encode_and_losses(images):
+      mean, _, _, rec, kl = self._deterministic_pass(images)
+      return mean, rec + kl
+
+    self.calibration = anomaly.calibrate(encode_and_losses, train_images, eval_images,
+                                         anomaly_quantile)
+    return self.calibration
 
   def generate_with(self, decode):
     """The `generate` signature: `count` images decoded by `decode` (the decode signature) from
@@ -168,8 +189,14 @@ def with_weights_as_constants(function):
       **{spec.name: spec for spec in specs})
 
 
-def export_serving_model(model, tft_output, latent_dim, export_dir):
+def export_serving_model(model, tft_output, latent_dim, export_dir, calibration_data=None,
+                         warmup_examples=()):
+  """The SavedModel of every signature. `calibration_data`: (train images, eval images,
+  anomaly quantile) to calibrate the anomaly score, kept in assets.extra/ as JSON too;
+  `warmup_examples`: serialized raw tf.Examples for TensorFlow Serving's warm-up file."""
   module = VaeServing(model, tft_output, latent_dim)
+  if calibration_data:
+    module.calibrate(*calibration_data)
   examples_in = {
       features.SERVING_SIGNATURE: module.serve,
       features.ENCODE_SIGNATURE: module.encode,
@@ -187,3 +214,11 @@ def export_serving_model(model, tft_output, latent_dim, export_dir):
       signatures[features.DECODE_SIGNATURE])
   # What the Pusher ships: the signatures and nothing else (no variables to restore).
   tf.saved_model.save(tf.Module(), export_dir, signatures=signatures)
+  if module.calibration is not None:
+    path = os.path.join(export_dir, *anomaly.CALIBRATION_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+      json.dump(module.calibration.to_dict(), f)
+  if len(warmup_examples):
+    warmup.write(export_dir, list(warmup_examples))
+  return module.calibration

@@ -29,7 +29,11 @@ RECONSTRUCTION_LOSS = "reconstruction_loss"
 KL_LOSS = "kl_loss"
 LOSS = "loss"
 IMAGES = "images"
-SCORE = "score"  # the anomaly score: the per-image loss (higher is more unusual)
+SCORE = "score"  # the anomaly score (models/anomaly.py; higher is more unusual)
+PERCENTILE = "percentile"  # score: the share of eval images scoring lower
+IS_ANOMALY = "is_anomaly"  # score: above the eval split's --anomaly-quantile
+COMPLEXITY_BITS = "complexity_bits"  # score: the image's length as PNG, in bits
+LATENT_DISTANCE = "latent_distance"  # score: squared Mahalanobis distance from training codes
 NEG_ELBO = "neg_elbo"  # Monte-Carlo negative ELBO (models/bounds.py)
 NLL_IW = "nll_iw"  # importance-weighted bound on -log p(x) (models/bounds.py)
 

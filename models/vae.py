@@ -1,12 +1,13 @@
 """The convolutional VAE, after the course lab: Sampling, encoder, decoder, losses, model.
 
 Everything is `tf_keras` (Keras 2): the Transform graph is a tf_keras model and both must live
-in one SavedModel.
+in one SavedModel. The decoder's transposed convs and the training loop run on CPU speed tricks
+that compute the same function as the stock Keras pieces (models/fast_layers.py).
 """
-import types
-
 import tensorflow as tf
 import tf_keras as keras
+
+from vae_pipeline.models import fast_layers
 
 # The encoder halves height and width twice; the decoder doubles them back.
 DOWNSAMPLING = 4
@@ -39,88 +40,6 @@ class SoftCap(keras.layers.Layer):
 
   def call(self, x):
     return x - tf.nn.softplus(x - self.limit)
-
-
-@tf.custom_gradient
-def _bias_add_summing_in_float32(outputs, bias):
-  def gradient(upstream):
-    return upstream, tf.reduce_sum(upstream, axis=list(range(upstream.shape.rank - 1)))
-  return tf.nn.bias_add(outputs, bias), gradient
-
-
-def bias_add(outputs, bias):
-  """tf.nn.bias_add; in bfloat16, with the bias gradient a tf.reduce_sum (float32 accumulation).
-
-  TensorFlow's BiasAddGrad accumulates bfloat16 in bfloat16 on CPU: for a 128x28x28x16 batch it
-  comes out ~27% off the float32 sum, and is slower than this. In float32 (the served model) it
-  is the stock op.
-  """
-  if outputs.dtype == tf.bfloat16:
-    return _bias_add_summing_in_float32(outputs, bias)
-  return tf.nn.bias_add(outputs, bias)
-
-
-class FastConv2DTranspose(keras.layers.Conv2DTranspose):
-  """Keras' Conv2DTranspose, same weights and same function, computed faster on CPU.
-
-  - A stride-1 transposed conv is the forward conv with the kernel flipped in space and its
-    in/out channels swapped. `freeze_for_serving` stores that kernel once, at export, and
-    inference then runs the forward conv, which TensorFlow fuses with the bias and ReLU (a
-    transposed conv is not fused, and flipping the kernel per call costs more than it saves).
-    Training keeps the transposed conv (with every transposed conv as convs, it trains slower).
-  - To one channel, the forward conv runs as a depthwise conv and a sum over input channels, in
-    training too. oneDNN's transposed conv to a single channel is slow (about 3x slower forward
-    than this way, 1.5x forward + backward). To three channels the depthwise form is slower, so
-    training uses the stock kernel there.
-  - The bias is added by `bias_add` above (a correct and faster gradient in bfloat16).
-
-  What this project does not use ("valid" padding, dilation, output padding, channels first)
-  is the stock layer.
-  """
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    # Not a Keras weight (it is derived from the kernel, and checkpoints stay the same): a
-    # variable set only by freeze_for_serving, at export, which the SavedModel holds as a constant.
-    self._serving = types.SimpleNamespace(forward_kernel=None)
-
-  def _forward_kernel(self):
-    """[h, w, out, in] -> [h, w, in, out], flipped in space: the equivalent forward conv's."""
-    return tf.reverse(tf.transpose(self.kernel, [0, 1, 3, 2]), [0, 1])
-
-  def freeze_for_serving(self):
-    """Stores the forward kernel for inference calls; returns its variable (None if this layer
-    has no forward form). The layer must not be trained afterwards: the copy would go stale."""
-    if self.strides != (1, 1) or not self.built:
-      return None
-    self._serving.forward_kernel = tf.Variable(self._forward_kernel(), trainable=False,
-                                               name=f"{self.name}_forward_kernel")
-    return self._serving.forward_kernel
-
-  def call(self, inputs, training=None):
-    height, width = inputs.shape[1:3]
-    if (self.padding != "same" or self.data_format != "channels_last" or None in (height, width)
-        or self.dilation_rate != (1, 1) or self.output_padding is not None):
-      return super().call(inputs)
-    forward_kernel = None  # None: the transposed conv itself
-    if self.strides == (1, 1):
-      if self._serving.forward_kernel is not None and not training:
-        forward_kernel = tf.cast(self._serving.forward_kernel, inputs.dtype)
-      elif self.filters == 1:
-        forward_kernel = self._forward_kernel()
-    if forward_kernel is None:
-      shape = [height * self.strides[0], width * self.strides[1], self.filters]
-      output_shape = tf.stack([tf.shape(inputs)[0], *shape])
-      outputs = tf.nn.conv2d_transpose(inputs, self.kernel, output_shape, self.strides, "SAME")
-      outputs.set_shape([inputs.shape[0], *shape])
-    elif self.filters == 1:  # [h, w, in, 1] is also the depthwise kernel's layout
-      per_channel = tf.nn.depthwise_conv2d(inputs, forward_kernel, [1, 1, 1, 1], "SAME")
-      outputs = tf.reduce_sum(per_channel, axis=-1, keepdims=True)
-    else:
-      outputs = tf.nn.conv2d(inputs, forward_kernel, 1, "SAME")
-    if self.use_bias:  # a tensor, not the variable: tf.custom_gradient then sees no variables
-      outputs = bias_add(outputs, tf.convert_to_tensor(self.bias))
-    return self.activation(outputs) if self.activation is not None else outputs
 
 
 def check_image_shape(image_shape):
@@ -164,11 +83,13 @@ def build_encoder(image_shape, latent_dim, hidden_units, policy=None):
   return keras.Model(images, [mean, log_var], name="encoder")
 
 
-def build_decoder(image_shape, latent_dim, policy=None, conv_transpose=FastConv2DTranspose):
+def build_decoder(image_shape, latent_dim, policy=None,
+                  conv_transpose=fast_layers.FastConv2DTranspose):
   """z -> image in [0, 1]; the first feature map is the encoder's last one.
 
   No BatchNorm here: as good without it (benchmarks/quality.py), and faster. `conv_transpose`:
-  the class of every transposed conv (keras.layers.Conv2DTranspose gives the same model on stock kernels).
+  the class of every transposed conv (keras.layers.Conv2DTranspose gives the same model on
+  stock kernels).
   """
   check_image_shape(image_shape)
   height, width, channels = image_shape
@@ -203,7 +124,7 @@ def kl_loss(mean, log_var):
   return -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mean) - tf.exp(log_var), axis=1)
 
 
-class VAE(keras.Model):
+class VAE(fast_layers.OneTraceStepsLoop, keras.Model):
   """Encoder + Sampling + decoder, trained on BCE + beta * KL."""
 
   def __init__(self, encoder, decoder, beta=1.0, **kwargs):
@@ -212,8 +133,6 @@ class VAE(keras.Model):
     self.decoder = decoder
     self.sampling = Sampling(dtype="float32")
     self.beta = beta
-    # Set by the Trainer when several processes train together (models/core_parallel.py).
-    self.exchange = None
     self.trackers = {name: keras.metrics.Mean(name=name)
                      for name in ("loss", "reconstruction_loss", "kl_loss")}
 
@@ -229,9 +148,7 @@ class VAE(keras.Model):
     """Per-image losses with a sampled z (the quantities the optimizer sees)."""
     mean, log_var = self.encoder(images, training=training)
     reconstruction = self.decoder(self.sampling([mean, log_var]), training=training)
-    rec = reconstruction_loss(images, reconstruction)
-    kl = kl_loss(mean, log_var)
-    return rec, kl
+    return reconstruction_loss(images, reconstruction), kl_loss(mean, log_var)
 
   def _update_trackers(self, rec, kl, loss, weight=None):
     """Per-image values, or batch means with the batch size as their weight."""
@@ -239,62 +156,31 @@ class VAE(keras.Model):
       self.trackers[name].update_state(value, sample_weight=weight)
     return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-  def make_train_function(self, force=False):
-    """Keras' own, except that several steps per call (compile's steps_per_execution) run as one
-    tf.while_loop traced without AutoGraph.
-
-    Keras writes that loop as a Python `for` that AutoGraph converts, and AutoGraph traces the
-    body twice (once to learn what the loop returns): a second trace, which this saves. Under
-    a distribution strategy with several replicas, Keras' own loop (it runs the step per replica).
-    """
-    steps = self._steps_per_execution
-    if ((self.train_function is not None and not force) or steps is None
-        or int(steps.numpy()) == 1 or self.distribute_strategy.num_replicas_in_sync > 1):
-      return super().make_train_function(force)
-
-    def one_step(iterator):
-      outputs = self.train_step(next(iterator))
-      with tf.control_dependencies(list(outputs.values())):
-        self._train_counter.assign_add(1)
-      return outputs
-
-    def train_function(iterator):
-      initial = {name: tf.zeros([]) for name in self.trackers}  # one step's outputs
-      _, outputs = tf.while_loop(lambda step, _: step < steps,
-                                 lambda step, _: (step + 1, one_step(iterator)),
-                                 (tf.constant(0, steps.dtype), initial))
-      return outputs
-
-    self.train_function = tf.function(train_function, autograph=False, reduce_retracing=True)
-    return self.train_function
-
   # AutoGraph has no rule against converting tf_keras (only `keras`), so it would rewrite Keras'
   # own source while tracing these steps, seconds of first-epoch warm-up. They have no
   # tensor-dependent Python control flow to convert.
   @tf.autograph.experimental.do_not_convert
   def train_step(self, images):
-    if self.exchange is None:
+    if self.distribute_strategy.num_replicas_in_sync == 1:
       with tf.GradientTape() as tape:
         rec, kl = self.losses_of(images, training=True)
-        # Replicas' gradients are summed (tf.distribute): each averages over its share of the
-        # global batch. One replica: the plain batch mean.
-        loss = (tf.reduce_mean(rec + self.beta * kl)
-                / self.distribute_strategy.num_replicas_in_sync)
+        loss = tf.reduce_mean(rec + self.beta * kl)
       grads = tape.gradient(loss, self.trainable_weights)
       self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
       return self._update_trackers(rec, kl, rec + self.beta * kl)
-    # One of several processes (models/core_parallel.py): this one trains on its share of the
-    # batch; the gradients of the batch mean are the sum of each share's.
-    batch = tf.cast(tf.shape(images)[0], tf.float32)
+    # Several replicas (tf.distribute), each with its share of the global batch: the optimizer
+    # sums their gradients, so each divides its loss sum by the global batch size (summed over
+    # replicas: shares may differ by an image). Every replica then reports the global means.
+    # BatchNorm normalizes each share with that share's statistics (as on GPUs without SyncBN).
     with tf.GradientTape() as tape:
-      rec, kl = self.losses_of(self.exchange.share_of(images), training=True)
-      loss = tf.reduce_sum(rec + self.beta * kl) / batch
+      rec, kl = self.losses_of(images, training=True)
+      sums = tf.distribute.get_replica_context().all_reduce("sum", tf.stop_gradient(tf.stack(
+          [tf.reduce_sum(rec), tf.reduce_sum(kl), tf.cast(tf.shape(rec)[0], tf.float32)])))
+      loss = tf.reduce_sum(rec + self.beta * kl) / sums[2]
     grads = tape.gradient(loss, self.trainable_weights)
-    grads, (sums,) = self.exchange.sum_over_processes(
-        grads, [tf.stack([tf.reduce_sum(rec), tf.reduce_sum(kl)])])
     self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-    rec, kl = sums[0] / batch, sums[1] / batch  # the whole batch's means
-    return self._update_trackers(rec, kl, rec + self.beta * kl, weight=batch)
+    rec, kl = sums[0] / sums[2], sums[1] / sums[2]
+    return self._update_trackers(rec, kl, rec + self.beta * kl, weight=sums[2])
 
   @tf.autograph.experimental.do_not_convert
   def test_step(self, images):
@@ -303,7 +189,7 @@ class VAE(keras.Model):
 
 
 def build_vae(image_shape, latent_dim, hidden_units, beta=1.0, policy=None,
-              conv_transpose=FastConv2DTranspose):
+              conv_transpose=fast_layers.FastConv2DTranspose):
   """This project's VAE; `policy` "mixed_bfloat16" trains in bfloat16 (see build_encoder)."""
   return VAE(build_encoder(image_shape, latent_dim, hidden_units, policy),
              build_decoder(image_shape, latent_dim, policy, conv_transpose), beta=beta)

@@ -70,10 +70,16 @@ def settings_options() -> argparse.ArgumentParser:
                        default=argparse.SUPPRESS,
                        help="train in float32 instead of mixed bfloat16 (the served model is "
                             "float32 either way)")
-  options.add_argument("--train-processes", type=int, default=defaults.train_processes,
-                       help="processes that train together, one thread each (0: one per core, "
-                            "each with at least 64 images of a batch, when epochs x images >= "
-                            "100,000; 1: the Trainer's own)")
+  options.add_argument("--train-workers", type=int, default=defaults.train_workers,
+                       metavar="N",
+                       help="train in N local worker processes with tf.distribute's "
+                            "MultiWorkerMirroredStrategy (TF_CONFIG on 127.0.0.1 ports: the "
+                            "same path as a multi-machine job); 1: in the Trainer's own process")
+  options.add_argument("--anomaly-quantile", type=float, default=defaults.anomaly_quantile,
+                       metavar="Q",
+                       help="the score signature's is_anomaly flags scores above this quantile "
+                            "of the eval split's (its false-positive rate on images like them: "
+                            "about 1 - Q)")
   options.add_argument("--train-buckets", type=int, default=defaults.train_buckets,
                        help="hash buckets of the input that go to the train split")
   options.add_argument("--eval-buckets", type=int, default=defaults.eval_buckets,
@@ -114,7 +120,7 @@ def settings_of(args) -> dict:
       hidden_units=args.hidden_units, epochs=args.epochs,
       mixed_precision=getattr(args, "mixed_precision", PipelineConfig.mixed_precision),
       batch_size=args.batch_size, learning_rate=args.learning_rate, beta=args.beta,
-      train_processes=args.train_processes,
+      train_workers=args.train_workers, anomaly_quantile=args.anomaly_quantile,
       clip_norm=args.clip_norm, train_buckets=args.train_buckets, eval_buckets=args.eval_buckets,
       seed=args.seed, max_loss=getattr(args, "max_loss", None),
       max_loss_increase=args.max_loss_increase, enable_cache="no_cache" not in args,
@@ -296,6 +302,7 @@ def cluster_command(args):
       job.submit()
       print(f"Vertex AI run: {job.resource_name}")
     return 0
+  kfp_lib.check_open_source_kfp(spec)  # before a client: the reason, not a failing run
   import kfp  # pylint: disable=import-outside-toplevel
   client = kfp.Client(host=args.host)
   if scheduling:
@@ -343,7 +350,8 @@ def add_model_commands(commands):
   encode = command("encode", "write each image's z_mean and z_log_var as CSV", "encoded.csv",
                    images_options)
   encode.add_argument("images", help="an image file or folder, or any --data source")
-  score = command("score", "anomaly scores (the per-image loss) as CSV, most unusual first",
+  score = command("score", "anomaly scores as CSV, most unusual first, with each image's "
+                  "percentile among the eval split's and is_anomaly",
                   "scores.csv", images_options)
   score.add_argument("images", help="an image file or folder, or any --data source")
   interpolate = command("interpolate", "decode the line between two images' latent codes "

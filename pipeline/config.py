@@ -86,11 +86,14 @@ class PipelineConfig:
   seed: int = 42
   # bfloat16 compute where the CPU or GPU has it (weights, heads and the served model float32).
   mixed_precision: bool = True
-  # Processes that train together, each on its share of every batch with one thread
-  # (models/core_parallel.py). 0: one per core on a CPU-only machine, each with at least 64
-  # images of a batch, for trainings on 100,000 images or more (epochs x images); 1: train in
-  # the Trainer's own process.
-  train_processes: int = 0
+  # Worker processes that train together on this CPU-only machine, each on its share of every
+  # batch: a local MultiWorkerMirroredStrategy cluster (models/local_workers.py), the same code
+  # path as a multi-machine job. 1: train in the Trainer's own process (the faster one here:
+  # benchmarks/train_speed.py). A cluster's TF_CONFIG (Vertex AI, Kubeflow) needs 1.
+  train_workers: int = 1
+  # The anomaly threshold: the score the eval split's images stay under in this share
+  # (`is_anomaly` of the score signature; models/anomaly.py).
+  anomaly_quantile: float = 0.99
 
   # Blessing: eval `loss` (nats per image) under `max_loss` (None: DEFAULT_MAX_LOSS_PER_PIXEL
   # x H x W x C) and at most `max_loss_increase` above the latest blessed model's.
@@ -137,12 +140,11 @@ class PipelineConfig:
       raise ValueError(f"pipeline name {self.pipeline_name!r} must match "
                        f"{PIPELINE_NAME_PATTERN.pattern} (a Kubeflow requirement)")
     for name in ("latent_dim", "hidden_units", "epochs", "batch_size", "span_window",
-                 "train_buckets", "eval_buckets"):
+                 "train_buckets", "eval_buckets", "train_workers"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-    if self.train_processes < 0:
-      raise ValueError(f"train_processes must be 0 (one per core) or more, got "
-                       f"{self.train_processes}")
+    if not 0.0 < self.anomaly_quantile < 1.0:
+      raise ValueError(f"anomaly_quantile must be in (0, 1), got {self.anomaly_quantile}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
     if self.clip_norm <= 0:
@@ -205,7 +207,7 @@ class PipelineConfig:
             "batch_size": self.batch_size, "learning_rate": self.learning_rate,
             "clip_norm": self.clip_norm,
             "beta": self.beta, "seed": self.seed, "mixed_precision": self.mixed_precision,
-            "train_processes": self.train_processes}
+            "train_workers": self.train_workers, "anomaly_quantile": self.anomaly_quantile}
 
   def transform_config(self) -> dict:
     return {"image_shape": list(self.image_shape)}

@@ -139,3 +139,32 @@ def label_metrics_figure(label_metrics, path, label_names=None):
   axis.legend(fontsize=8)
   figure.tight_layout()
   return _save(figure, path)
+
+
+def anomaly_figure(scores, threshold, quantile, serialized_examples, path, most=8):
+  """Left: the histogram of eval images' anomaly scores with the threshold; right: the `most`
+  eval images with the highest scores, each with its score."""
+  scores = np.asarray(scores)
+  order = np.argsort(-scores, kind="stable")[:most]
+  parsed = tf.io.parse_example([serialized_examples[i] for i in order],
+                               {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
+  images = [tf.io.decode_png(png).numpy() / 255.0 for png in parsed[features.IMAGE_KEY].numpy()]
+  figure = plt.figure(figsize=(4.5 + 1.1 * len(images), 2.8))
+  grid = figure.add_gridspec(1, 2, width_ratios=[4.5, 1.1 * max(1, len(images))])
+  histogram = figure.add_subplot(grid[0])
+  histogram.hist(scores, bins=40, color="#4a78b5")
+  if threshold is not None:
+    histogram.axvline(threshold, color="#c0392b", linestyle="--",
+                      label=f"threshold ({quantile:g} quantile)")
+    histogram.legend(fontsize=8)
+  histogram.set_xlabel("anomaly score (higher: more unusual)", fontsize=9)
+  histogram.set_ylabel("eval images", fontsize=9)
+  cells = grid[1].subgridspec(1, max(1, len(images)))
+  for i, (image, index) in enumerate(zip(images, order)):
+    axis = figure.add_subplot(cells[0, i])
+    _show(axis, image)
+    axis.set_xlabel(f"{scores[index]:.1f}", fontsize=8)
+  figure.suptitle(f"Anomaly scores of {len(scores)} eval images, and the {len(images)} most "
+                  "unusual", fontsize=10)
+  figure.tight_layout()
+  return _save(figure, path)

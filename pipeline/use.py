@@ -208,13 +208,27 @@ def encode(model: Model, path, out, size_policy="reject"):
 
 
 def score(model: Model, path, out, size_policy="reject"):
-  """Anomaly scores (the per-image loss), highest (most unusual) first."""
+  """Anomaly scores, highest (most unusual) first, with each image's percentile among the eval
+  split's scores, whether it is an anomaly (above the model's threshold) and its loss. A model
+  pushed before the score was calibrated has the score column only."""
   names, pixels = read_images(path, model.image_shape, size_policy)
-  scores = model.on_examples(features.SCORE_SIGNATURE, to_examples(pixels),
-                             show="scored")[features.SCORE]
+  outputs = model.on_examples(features.SCORE_SIGNATURE, to_examples(pixels), show="scored")
+  scores = outputs[features.SCORE]
+  columns = [name for name in (features.PERCENTILE, features.IS_ANOMALY, features.LOSS)
+             if name in outputs]
+  formats = {features.PERCENTILE: lambda v: f"{v:.4f}", features.IS_ANOMALY: lambda v: int(v),
+             features.LOSS: lambda v: f"{v:.3f}"}
   order = np.argsort(-scores, kind="stable")
-  write_csv([["rank", "image", "score"]]
-            + [[rank, names[i], f"{scores[i]:.3f}"] for rank, i in enumerate(order, 1)], out)
+  write_csv([["rank", "image", "score"] + columns]
+            + [[rank, names[i], f"{scores[i]:.3f}"]
+               + [formats[name](outputs[name][i]) for name in columns]
+               for rank, i in enumerate(order, 1)], out)
+  if features.IS_ANOMALY in outputs:
+    flagged = int(np.sum(outputs[features.IS_ANOMALY]))
+    print(f"{flagged} of {len(scores)} image(s) flagged as anomalies (is_anomaly: above the "
+          "model's threshold on its eval split's scores)")
+    for i in order[:min(flagged, 10)]:
+      print(f"  {names[i]}: score {scores[i]:.2f}, percentile {outputs[features.PERCENTILE][i]:.3f}")
   return out
 
 

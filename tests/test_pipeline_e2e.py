@@ -31,7 +31,7 @@ NUM_IMAGES = 400
 # Two training processes (the default gives a short training at batch 32 one): the Trainer's
 # processes run under TFX here.
 FIRST_RUN = ["--epochs", "3", "--batch-size", "32", "--latent-dim", "2", "--learning-rate", "2e-3",
-             "--max-loss", "1000", "--train-processes", "2"]
+             "--max-loss", "1000", "--train-workers", "2"]
 ALL_COMPONENTS = {"ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
                   "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
                   "RunReport"}
@@ -111,7 +111,7 @@ def test_first_run_executes_every_component(first_run):
   assert "Blessed" in stdout and "Pushed to:" in stdout
   with open(os.path.join(summary.component("Trainer").outputs["model_run"][0],
                          features.HISTORY_FILE)) as f:
-    assert json.load(f)["train_processes"] == 2
+    assert json.load(f)["train_workers"] == 2
 
 
 def test_first_run_is_blessed_and_pushed_under_the_serving_dir(first_run):
@@ -210,12 +210,75 @@ def test_encode_score_and_generate_signatures(served):
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(served["encode/" + features.Z_LOG_VAR], served[features.Z_LOG_VAR],
                              rtol=1e-5, atol=1e-5)
-  # The anomaly score is the deterministic per-image loss.
-  np.testing.assert_allclose(served["score/" + features.SCORE], served[features.LOSS], rtol=1e-5)
+  # The score signature keeps the raw loss beside the anomaly score.
+  np.testing.assert_allclose(served["score/" + features.LOSS], served[features.LOSS], rtol=1e-5)
   assert served["generate/a"].shape == (6, 28, 28, 1)
   assert 0.0 <= served["generate/a"].min() and served["generate/a"].max() <= 1.0
   np.testing.assert_array_equal(served["generate/a"], served["generate/b"])  # same seed
   assert not np.allclose(served["generate/a"], served["generate/c"])  # another seed
+
+
+def test_the_anomaly_score_is_calibrated_on_the_eval_split(first_run, served):
+  """The score, recomputed by hand from its parts and the calibration the model carries; its
+  percentile and flag against the eval split it was calibrated on (models/anomaly.py)."""
+  _, summary, _ = first_run
+  with open(os.path.join(summary.pushed_dir, "assets.extra", "anomaly_calibration.json")) as f:
+    c = json.load(f)
+  score = served["score/" + features.SCORE]
+  corrected = served[features.LOSS] - c["complexity_slope"] * served["score/complexity_bits"]
+  centred = served[features.Z_MEAN] - np.array(c["latent_mean"])
+  distance = np.einsum("ij,jk,ik->i", centred, np.array(c["latent_inverse_covariance"]), centred)
+  np.testing.assert_allclose(served["score/latent_distance"], distance, rtol=1e-3, atol=1e-3)
+  by_hand = np.maximum((corrected - c["corrected_median"]) / c["corrected_scale"],
+                       (distance - c["distance_median"]) / c["distance_scale"])
+  np.testing.assert_allclose(score, by_hand, rtol=1e-3, atol=1e-3)
+  # The PNG length of each eval image, as a lossless compressor stores it.
+  assert np.all(served["score/complexity_bits"] > 8 * 60)
+  # Calibrated on these very images: the stored quantiles span them, the flag is the threshold.
+  assert c["eval_count"] == len(score) and c["anomaly_quantile"] == 0.99
+  np.testing.assert_allclose(c["score_quantiles"][0], score.min(), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(c["score_quantiles"][-1], score.max(), rtol=1e-3, atol=1e-3)
+  np.testing.assert_array_equal(served["score/is_anomaly"], score > c["threshold"])
+  assert served["score/is_anomaly"].mean() <= 0.01 + 1.0 / len(score)
+  percentile = served["score/percentile"]
+  assert 0.0 <= percentile.min() and percentile.max() <= 1.0
+  share_below = np.array([np.mean(score < s) for s in score])
+  np.testing.assert_allclose(percentile, share_below, atol=0.02 + 1.0 / len(score))
+
+
+def test_serving_warmup_requests_replay_against_the_pushed_model(first_run):
+  """TensorFlow Serving's warm-up file: real eval examples, one PredictionLog per signature that
+  takes examples; each replayed here gives what a direct call gives."""
+  from vae_pipeline.models import warmup
+  _, summary, _ = first_run
+  logs = warmup.read(summary.pushed_dir)
+  assert [log.predict_log.request.model_spec.signature_name for log in logs] == list(
+      warmup.WARMUP_SIGNATURES)
+  model = tf.saved_model.load(summary.pushed_dir)
+  for log in logs:
+    request = log.predict_log.request
+    examples = tf.make_ndarray(request.inputs[features.EXAMPLES_INPUT])
+    assert len(examples) == warmup.WARMUP_EXAMPLES
+    image = tf.io.parse_single_example(examples[0], {
+        features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})[features.IMAGE_KEY]
+    assert tf.io.decode_png(image).shape == (28, 28, 1)
+    outputs = model.signatures[request.model_spec.signature_name](
+        **{features.EXAMPLES_INPUT: tf.constant(examples)})
+    assert all(np.all(np.isfinite(v.numpy())) for v in outputs.values() if v.dtype.is_floating)
+
+
+def test_score_refuses_empty_or_undecodable_examples(first_run):
+  """Bad input to the score signature is an error naming the problem, never a silent number
+  (the CLI's score reads files through the ingestion rules first: tests/test_bad_sources.py)."""
+  _, summary, _ = first_run
+  score = tf.saved_model.load(summary.pushed_dir).signatures[features.SCORE_SIGNATURE]
+  empty = tf.train.Example().SerializeToString()
+  not_png = tf.train.Example(features=tf.train.Features(feature={features.IMAGE_KEY: tf.train.Feature(
+      bytes_list=tf.train.BytesList(value=[b"not an image"]))})).SerializeToString()
+  with pytest.raises(tf.errors.InvalidArgumentError, match="image"):
+    score(examples=tf.constant([empty]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="(?i)png|image|format"):
+    score(examples=tf.constant([not_png]))
 
 
 def test_saved_model_cli_shows_and_runs_the_signatures(first_run, tmp_path):
@@ -393,6 +456,9 @@ def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
   raw_sized = tmp_path / "raw-sized"  # 28 x 28 x 1 bytes of text: never read as raw pixels
   raw_sized.mkdir()
   (raw_sized / "text.png").write_bytes(b"x" * 784)
+  with_nan = np.full((2, 28, 28), 100.0)
+  with_nan[1, 3, 3] = np.nan
+  np.savez(tmp_path / "nan.npz", images=with_nan)
   # A SavedModel with a decoder but no `generate` signature, like one an older version pushed.
   @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name=features.LATENT_INPUT)])
   def decode(z):
@@ -405,6 +471,8 @@ def test_user_mistakes_are_one_line_errors(first_run, image_folder, tmp_path):
       (["score", rgb, "--model", summary.pushed_dir], "pass --size-policy resize or pad"),
       (["encode", tmp_path / "empty", "--model", summary.pushed_dir], "empty folder"),
       (["score", raw_sized, "--model", summary.pushed_dir], "text.png (not an image"),
+      (["score", tmp_path / "nan.npz", "--model", summary.pushed_dir],
+       "nan.npz:images[1] (1 NaN or infinite values)"),
       (["generate", "--output-dir", tmp_path / "no-runs"], "no pushed model"),
       (["generate", "--model", tmp_path / "older"], "has no 'generate' signature (it has decode)"),
       (["encode", image_folder, "--model", tmp_path / "older"], "has no 'encode' signature"),

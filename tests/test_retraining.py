@@ -57,7 +57,7 @@ def runs(tmp_path_factory, digits):
   window = local_runner.run(config(span_window=2), show_progress=False)
   again = local_runner.run(config(span_window=2), show_progress=False)
   # In two training processes: each starts from the blessed model's weights.
-  warm = local_runner.run(config(span_window=2, warm_start=True, train_processes=2),
+  warm = local_runner.run(config(span_window=2, warm_start=True, train_workers=2),
                           show_progress=False)
   return first, second, window, again, warm
 

@@ -263,9 +263,10 @@ def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   with open(summary.report) as f:
     text = f.read()
   sources = images_of(text)
-  # Labelled data, latent dim 16: no manifold, a per-label chart.
+  # Labelled data, latent dim 16: no manifold, a per-label chart; the anomaly scores.
   assert sorted(sources) == sorted(["training_curves.png", "reconstructions.png",
-                                    "prior_samples.png", "latent.png", "label_metrics.png"])
+                                    "prior_samples.png", "latent.png", "label_metrics.png",
+                                    "anomaly.png"])
   for source in sources:
     with Image.open(os.path.join(folder, source)) as picture:
       assert picture.width > 300 and np.asarray(picture.convert("L")).std() > 10
@@ -282,7 +283,10 @@ def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   with open(os.path.join(summary.pushed_dir, MODEL_CARD_FILE)) as f:
     assert f.read() == card
   assert sorted(os.listdir(summary.pushed_dir)) == sorted(
-      ["assets", "fingerprint.pb", MODEL_CARD_FILE, "saved_model.pb", "variables"])
+      ["assets", "assets.extra", "fingerprint.pb", MODEL_CARD_FILE, "saved_model.pb",
+       "variables"])
+  # The anomaly threshold the model carries, and its false-positive rate on held-out halves.
+  assert re.search(r"\| threshold \(anomaly score\) \| [0-9.]+ \|", card), card
   assert f"- Model: `{summary.pushed_dir}`\n" in card and "**Blessed**" in card
   assert f"| inputs read | {summary.inputs:,} |" in card and "| bad inputs skipped | none |" in card
   train = int(re.search(r"\| train examples \| (\d+) \|", card).group(1))

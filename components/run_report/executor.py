@@ -21,6 +21,7 @@ from vae_pipeline import use
 from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.components.run_report import page
 from vae_pipeline.components.run_report.spec import MODEL_CARD_FILE, REPORT_FILE
+from vae_pipeline.models import anomaly
 from vae_pipeline.models import evaluation as evaluation_lib
 from vae_pipeline.models import features
 
@@ -68,13 +69,21 @@ class Facts:
   false_positive_rate: Optional[float] = None
 
 
+def _run_of(report_uri):
+  """The run's id where the orchestrator gives none (TFX's Kubeflow V2 entry point): the folder
+  above the task's, as Vertex AI lays out `<root>/<job id>/<task>/report`."""
+  parts = report_uri.rstrip("/").split("/")
+  return parts[-3] if len(parts) >= 3 else "-"
+
+
 class Executor(base_executor.BaseExecutor):
 
   def Do(self, input_dict, output_dict, exec_properties):
     self._log_startup(input_dict, output_dict, exec_properties)
     single = lambda key: artifact_utils.get_single_instance(input_dict[key])
     pushed = input_dict.get("pushed_model") or []
-    run_id = (self._context.pipeline_run_id if self._context else None) or "-"
+    run_id = (self._context.pipeline_run_id if self._context else None) or _run_of(
+        artifact_utils.get_single_instance(output_dict["report"]).uri)
     write_report(
         artifact_utils.get_single_instance(output_dict["report"]).uri,
         examples=single("examples"), statistics=single("statistics"), model=single("model"),
@@ -131,7 +140,20 @@ def gather(examples, statistics, model, model_run, evaluation, blessing, pushed_
       blessing_reasons=[evaluation_lib.explain_failure(f, metrics, baseline) for f in failures],
       loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
       pushed_dir=pushed_model.get_string_custom_property("pushed_destination") if pushed else None,
-      model_dir=model_dir, source=source or None)
+      model_dir=model_dir, source=source or None, **anomaly_facts(model_dir))
+
+
+def anomaly_facts(model_dir):
+  """The anomaly threshold the model carries (models/anomaly.py), for the card; none for a model
+  exported before the score was calibrated."""
+  path = os.path.join(model_dir, *anomaly.CALIBRATION_FILE)
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    calibration = json.load(f)
+  return dict(anomaly_quantile=calibration["anomaly_quantile"],
+              anomaly_threshold=calibration["threshold"],
+              false_positive_rate=calibration.get("held_out_false_positive_rate"))
 
 
 def _int_property(artifact, name):
@@ -195,6 +217,11 @@ def draw_figures(facts: Facts, examples_uri, out_dir):
   means = model.on_examples(features.ENCODE_SIGNATURE, examples)[features.Z_MEAN]
   figures["latent"] = pictures.latent_figure(means, labels_of(examples), path("latent.png"),
                                              facts.label_names)
+  if features.PERCENTILE in model.signature(features.SCORE_SIGNATURE).structured_outputs:
+    scored = model.on_examples(features.SCORE_SIGNATURE, examples)
+    figures["anomaly"] = pictures.anomaly_figure(
+        scored[features.SCORE], facts.anomaly_threshold, facts.anomaly_quantile, examples,
+        path("anomaly.png"))
   if model.latent_dim == 2:
     figures["manifold"] = use.save_picture(use.manifold(model), path("manifold.png"), scale=2)
   if facts.label_metrics:

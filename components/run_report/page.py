@@ -208,8 +208,8 @@ def training_rows(facts) -> List[tuple]:
       ("epochs", str(len(history.get("loss", [])))),
       ("training seconds (steps only)", number(sum(seconds), 1)),
       ("images per second, steady", number(images / steady if images and steady else None, 0)),
-      ("training processes (one thread each when more than one)",
-       str(history.get("train_processes", 1))),
+      ("training workers (tf.distribute, local processes)",
+       str(config.get("train_workers", history.get("train_processes", 1)))),
       ("final training loss", number((history.get("loss") or [None])[-1])),
       ("final validation loss", number((history.get("val_loss") or [None])[-1])),
   ] + [(k.replace("_", " "), str(v)) for k, v in sorted(config.items()) if k in SHOWN_SETTINGS]
