@@ -30,7 +30,7 @@ TINY = 40
 
 
 def tree_rss_mib(process):
-  """Resident memory of a process and all its descendants (the Trainer's training processes)."""
+  """Resident memory of a process and all its descendants (the Trainer's local workers)."""
   try:
     tree = [process] + process.children(recursive=True)
   except psutil.NoSuchProcess:
@@ -119,7 +119,7 @@ def main(extra):
   print()
   print(f"peak memory of the cold run: largest process {peak_mib:,.0f} MiB; all its processes "
         f"at once {cold['peak_tree_mib']:,.0f} MiB (sampled every 0.2 s)")
-  print(f"Trainer: {history.get('train_processes', 1)} process(es), "
+  print(f"Trainer: {history.get('train_workers', 1)} worker process(es), "
         f"{len(epochs)} epochs on {history['train_images']:,} images, "
         f"{sum(epochs):.1f} s of training steps; first epoch {epochs[0]:.1f} s "
         f"(warm-up {epochs[0] - steady:.1f} s); steady state "
