@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-quality bench-train-speed bench-serve-speed lock venv clean
+.PHONY: run test bench bench-quality bench-train-speed bench-serve-speed bench-anomaly lock venv clean
 
 run: venv
 	$(BIN)/vae-pipeline run $(ARGS)
@@ -27,6 +27,9 @@ bench-train-speed: venv
 
 bench-serve-speed: venv
 	$(BIN)/python benchmarks/serve_speed.py $(ARGS)
+
+bench-anomaly: venv
+	$(BIN)/python benchmarks/anomaly.py $(ARGS)
 
 venv: $(VENV)/.installed
 

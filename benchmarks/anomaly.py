@@ -17,8 +17,8 @@ Candidates, all from the pushed model's `score` signature and its calibration
 - typicality: |loss - the eval split's median loss|, unusual on either side;
 - complexity-corrected: loss - b x PNG bits (b fitted on the eval split);
 - latent distance: the code's Mahalanobis distance from the training codes;
-- score: what the signature serves (models/anomaly.py): the largest robust z-score of the
-  complexity-corrected loss, the latent distance and an atypically low loss.
+- score: what the signature serves (models/anomaly.py): the larger robust z-score of the
+  complexity-corrected loss and the latent distance.
 Prints the AUROC of each against each set (1.0: every unusual image scores above every normal
 one; 0.5: chance), the share of each set `is_anomaly` flags, and the false-positive rate of
 `is_anomaly` on the held-out normal digits.

@@ -2,8 +2,9 @@
 
 The per-image loss alone rates simple images (blank, one stroke, a few dots) as *more* normal than
 typical digits: they are easy to reconstruct, whatever they are (the known failure of
-likelihood-based novelty scores). The score combines three tests, each standardized on the eval
-split, and takes the largest (benchmarks/anomaly.py measures these and the alternatives):
+likelihood-based novelty scores). The score combines two tests, each standardized on the eval
+split, and takes the larger (benchmarks/anomaly.py measures these and the alternatives, and a
+third, the typicality test's low side, which lowered the AUROC on transformed digits):
 
 - the loss corrected for the image's complexity (Serra et al., ICLR 2020): loss - b x L(x), with
   L(x) the image's length in bits as PNG (a generic lossless compressor) and b the slope of the
@@ -12,9 +13,7 @@ split, and takes the largest (benchmarks/anomaly.py measures these and the alter
   from the eval data, so the correction removes what complexity explains in normal images;
 - the latent code's Mahalanobis distance from the training codes (z = mean), under a Gaussian fit
   of their aggregate posterior at export: simple images reconstruct well but land where no
-  digit's code lies;
-- a loss atypically *low* for the eval split (the low side of a typicality test, Nalisnick et
-  al. 2019): a blank image reconstructs almost perfectly, which no real image does.
+  digit's code lies.
 
 Each is a robust z-score (median and 1.4826 x MAD of the eval split), so neither dominates by
 its units. The eval split's scores are kept, as quantiles, in the SavedModel: `percentile` is the
@@ -47,8 +46,7 @@ class Calibration:
   anomaly_quantile: float
   threshold: float
   eval_count: int
-  loss_median: float  # the eval split's: the typicality test's centre
-  loss_scale: float = 1.0  # 1.4826 x the eval split's MAD of the loss
+  loss_median: float  # the eval split's (a two-sided typicality test's centre; not in the score)
   # The false-positive rate of `is_anomaly` on images the threshold never saw, estimated by
   # two-fold cross-fitting on the eval split (threshold from one half, rate on the other).
   held_out_false_positive_rate: float = float("nan")
@@ -97,8 +95,7 @@ def fit(train_codes, eval_loss, eval_bits, eval_codes, anomaly_quantile) -> Cali
       threshold=0.0, eval_count=len(eval_loss), loss_median=float(np.median(eval_loss)))
   calibration.corrected_median, calibration.corrected_scale = _robust(corrected)
   calibration.distance_median, calibration.distance_scale = _robust(distance)
-  calibration.loss_median, calibration.loss_scale = _robust(eval_loss)
-  scores = combine(corrected, distance, eval_loss, calibration)
+  scores = combine(corrected, distance, calibration)
   calibration.score_quantiles = np.quantile(scores, np.linspace(0, 1, QUANTILES)).tolist()
   calibration.anomaly_quantile = float(anomaly_quantile)
   calibration.threshold = float(np.quantile(scores, anomaly_quantile))
@@ -110,14 +107,13 @@ def fit(train_codes, eval_loss, eval_bits, eval_codes, anomaly_quantile) -> Cali
   return calibration
 
 
-def combine(corrected, distance, loss, calibration):
-  """The score from its parts (numpy or TensorFlow): the largest robust z-score."""
+def combine(corrected, distance, calibration):
+  """The score from its two parts (numpy or TensorFlow): the larger robust z-score."""
   c = calibration
   first = (corrected - c.corrected_median) / c.corrected_scale
   second = (distance - c.distance_median) / c.distance_scale
-  third = (c.loss_median - loss) / c.loss_scale  # atypically easy: the typicality test's low side
   maximum = np.maximum if isinstance(first, np.ndarray) else tf.maximum
-  return maximum(maximum(first, second), third)
+  return maximum(first, second)
 
 
 def percentile(scores, quantiles):
@@ -159,7 +155,7 @@ def score_outputs(images, z_mean, loss, calibration: Calibration):
   bits = complexity_bits(images)
   distance = latent_distance(z_mean, tf.constant(c.latent_mean, tf.float32),
                              tf.constant(c.latent_inverse_covariance, tf.float32))
-  score = combine(loss - c.complexity_slope * bits, distance, loss, c)
+  score = combine(loss - c.complexity_slope * bits, distance, c)
   return {features.SCORE: score, features.LOSS: loss,
           features.PERCENTILE: percentile(score, c.score_quantiles),
           features.IS_ANOMALY: score > c.threshold,
