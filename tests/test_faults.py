@@ -416,7 +416,7 @@ def test_no_model_command_leaves_a_partial_output(model, pngs, tmp_path, monkeyp
   monkeypatch.undo()
   use.score(model, pngs, str(out / "scores.csv"))
   rows = (out / "scores.csv").read_text().splitlines()
-  assert rows[0] == "rank,image,score" and len(rows) == 1 + NUM_IMAGES
+  assert rows[0] == "rank,image,score,percentile,is_anomaly,loss" and len(rows) == 1 + NUM_IMAGES
   assert use.latent_plot(model, pngs, str(out / "latent.png")) == [
       str(out / "latent.png"), str(out / "latent_manifold.png")]
   assert sorted(os.listdir(out)) == ["latent.png", "latent_manifold.png", "scores.csv"]
