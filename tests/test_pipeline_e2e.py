@@ -321,11 +321,12 @@ def test_run_summary_and_report(first_run):
   assert f"Run report: {run_dir}" in stdout and f"Report: {summary.report}" in stdout
   saved = json.load(open(os.path.join(run_dir, "summary.json")))
   assert saved["pushed_dir"] == summary.pushed_dir and saved["report"] == summary.report
-  # Unlabelled data, latent dim 2: the decoded manifold, no per-label chart.
+  # Unlabelled data, latent dim 2: the decoded manifold, no per-label chart; the anomaly scores.
   folder = os.path.dirname(summary.report)
   assert sorted(glob.glob(os.path.join(folder, "*.png"))) == [
-      os.path.join(folder, name) for name in ("latent.png", "manifold.png", "prior_samples.png",
-                                              "reconstructions.png", "training_curves.png")]
+      os.path.join(folder, name) for name in ("anomaly.png", "latent.png", "manifold.png",
+                                              "prior_samples.png", "reconstructions.png",
+                                              "training_curves.png")]
   for name in ("reconstructions.png", "prior_samples.png"):
     with Image.open(os.path.join(folder, name)) as picture:
       pixels = np.asarray(picture.convert("L"))
