@@ -147,17 +147,12 @@ def add_run_parser(commands, settings):
   run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another run is using the same ML Metadata store, wait up to this "
                         "long for it to finish (default: exit at once with a message)")
-  run.add_argument("--orchestrator", choices=list(local_runner_orchestrators()),
-                   default=local_runner_orchestrators()[0],
+  run.add_argument("--orchestrator", choices=config_lib.ORCHESTRATORS,
+                   default=config_lib.ORCHESTRATORS[0],
                    help="TFX's runner of the DAG: local (LocalDagRunner: one component after "
                         "another in this process) or beam (BeamDagRunner: each component a step "
                         "of a Beam pipeline); same store, cache, summary and report")
   run.set_defaults(handler=run_command)
-
-
-def local_runner_orchestrators():
-  """local_runner.ORCHESTRATORS' names, without importing TFX for `--help`."""
-  return ("local", "beam")
 
 
 def run_config(args) -> PipelineConfig:

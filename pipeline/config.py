@@ -16,6 +16,10 @@ PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 DEFAULT_MAX_LOSS_PER_PIXEL = 0.5
 
 
+# TFX's runners of the DAG on one machine (`vae-pipeline run --orchestrator`; local_runner.py):
+# the first is the default.
+ORCHESTRATORS = ("local", "beam")
+
 # Beam arguments by name (`--beam-preset`). `{name}` must be given with `--beam-arg=--name=VALUE`;
 # any `--beam-arg` replaces the preset's argument of the same name. docs/deployment.md: "Beam presets".
 BEAM_PRESETS = {
@@ -86,10 +90,11 @@ class PipelineConfig:
   seed: int = 42
   # bfloat16 compute where the CPU or GPU has it (weights, heads and the served model float32).
   mixed_precision: bool = True
-  # Worker processes that train together on this CPU-only machine, each on its share of every
-  # batch: a local MultiWorkerMirroredStrategy cluster (models/local_workers.py), the same code
-  # path as a multi-machine job. 1: train in the Trainer's own process (the faster one here:
-  # benchmarks/train_speed.py). A cluster's TF_CONFIG (Vertex AI, Kubeflow) needs 1.
+  # Worker processes that train together on the machine running the Trainer, each on its share
+  # of every batch: a local MultiWorkerMirroredStrategy cluster (models/local_workers.py), the
+  # same code path as a multi-machine job. 1: train in the Trainer's own process, the faster one
+  # on a machine with few cores (benchmarks/train_speed.py). A cluster's TF_CONFIG (Vertex AI,
+  # Kubeflow) needs 1.
   train_workers: int = 1
   # The anomaly threshold: the score the eval split's images stay under in this share
   # (`is_anomaly` of the score signature; models/anomaly.py).

@@ -21,6 +21,7 @@ from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
 from vae_pipeline import beam_local
+from vae_pipeline import config as config_lib
 from vae_pipeline import progress
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.config import PipelineConfig
@@ -82,8 +83,8 @@ def store_lock(metadata_path, wait_seconds=0.0):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-# `vae-pipeline run --orchestrator NAME`: the first is the default.
-ORCHESTRATORS = {"local": LocalDagRunner, "beam": BeamDagRunner}
+# config.ORCHESTRATORS' runners, in its order.
+RUNNERS = dict(zip(config_lib.ORCHESTRATORS, (LocalDagRunner, BeamDagRunner)))
 
 
 def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0,
@@ -100,7 +101,7 @@ def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0,
   beam_local.skip_worker_packages_for_direct_runner()
   with store_lock(config.metadata_path, wait_seconds):
     check_store(config)
-    return _run(config, show_progress, ORCHESTRATORS[orchestrator])
+    return _run(config, show_progress, RUNNERS[orchestrator])
 
 
 def check_store(config: PipelineConfig):
