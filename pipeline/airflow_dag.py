@@ -5,7 +5,7 @@ Put a file in Airflow's dags folder that imports this one:
     from vae_pipeline.airflow_dag import DAG  # noqa: F401
 
 Settings come from the environment (read when Airflow parses the DAG):
-  VAE_PIPELINE_ARGS      options of `vae-pipeline run`, e.g. "--data /data/digits --output-dir
+  VAE_PIPELINE_ARGS      setting flags of `vae-pipeline run`, e.g. "--data /data/digits --output-dir
                          /srv/vae --span-window 2 --epochs 25" (default: run's defaults)
   VAE_PIPELINE_SCHEDULE  a cron expression (default "0 3 * * *": 03:00 every day), or "none":
                          runs only when triggered
@@ -30,7 +30,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
 from vae_pipeline import beam_local
-from vae_pipeline import cli
+from vae_pipeline import config as config_lib
 from vae_pipeline.pipeline import create_pipeline
 
 DEFAULT_SCHEDULE = "0 3 * * *"
@@ -57,7 +57,8 @@ def build_dag(run_args=None, schedule=None, task_timeout_minutes=None):
   if task_timeout_minutes is None:
     task_timeout_minutes = float(os.environ.get("VAE_PIPELINE_TASK_TIMEOUT_MINUTES",
                                                 DEFAULT_TASK_TIMEOUT_MINUTES))
-  config = cli.run_config(cli.parse(["run"] + shlex.split(run_args)))
+  # `run`'s setting flags, derived from PipelineConfig's fields as the command line's are.
+  config = config_lib.from_command_line(shlex.split(run_args), "VAE_PIPELINE_ARGS").resolved()
   beam_local.skip_worker_packages_for_direct_runner()  # Airflow's task processes import this file
   os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
   pipeline = create_pipeline(

@@ -87,9 +87,9 @@ def store_lock(metadata_path, wait_seconds=0.0):
 RUNNERS = dict(zip(config_lib.ORCHESTRATORS, (LocalDagRunner, BeamDagRunner)))
 
 
-def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0,
-        orchestrator="local") -> summary_lib.RunSummary:
-  """Runs the whole pipeline, then writes the run's summary under config.runs_dir (the
+def run(config: PipelineConfig, show_progress=True) -> summary_lib.RunSummary:
+  """Runs the whole pipeline with config.orchestrator, waiting up to config.wait_seconds for
+  another run holding the store, then writes the run's summary under config.runs_dir (the
   pictures are in the RunReport component's HTML report).
 
   A component's failure propagates (after the summary of what did run is written, with the
@@ -99,9 +99,9 @@ def run(config: PipelineConfig, show_progress=True, wait_seconds=0.0,
   """
   config = config.resolved()
   beam_local.skip_worker_packages_for_direct_runner()
-  with store_lock(config.metadata_path, wait_seconds):
+  with store_lock(config.metadata_path, config.wait_seconds):
     check_store(config)
-    return _run(config, show_progress, RUNNERS[orchestrator])
+    return _run(config, show_progress, RUNNERS[config.orchestrator])
 
 
 def check_store(config: PipelineConfig):

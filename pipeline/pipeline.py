@@ -14,6 +14,7 @@ from tfx.types import Channel, standard_artifacts
 from vae_pipeline.components.anomalies_gate.component import AnomaliesGate
 from vae_pipeline.components.image_example_gen.component import ImageExampleGen
 from vae_pipeline.components.run_report.component import RunReport
+from vae_pipeline import config as config_lib
 from vae_pipeline.config import PipelineConfig
 from vae_pipeline.resolvers import LatestOtherBlessedModelStrategy, LatestSpansStrategy
 from vae_pipeline.models import evaluation
@@ -135,7 +136,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
       blessing=evaluator.outputs["blessing"],
       pushed_model=pusher.outputs["pushed_model"],
       loss_upper_bound=config.loss_upper_bound,
-      max_loss_increase=config.max_loss_increase).with_id(RUN_REPORT)
+      max_loss_increase=config.max_loss_increase,
+      settings=config_lib.settings_rows(config)).with_id(RUN_REPORT)
 
   return Pipeline(
       pipeline_name=config.pipeline_name,

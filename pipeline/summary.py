@@ -1,4 +1,5 @@
-"""What a finished run did, read back from ML Metadata and the artifacts it recorded."""
+"""What a run did, read back from ML Metadata: how each component went, and the run's record
+(components/run_report/record.py, the one the run report shows) from the artifacts it lists."""
 import contextlib
 import dataclasses
 import json
@@ -11,8 +12,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tensorflow.python.util import deprecation
 
-from vae_pipeline.components.image_example_gen import executor as image_example_gen
-from vae_pipeline.models import evaluation
+from vae_pipeline.components.run_report import record as record_lib
 from vae_pipeline.components.run_report import spec as run_report
 from vae_pipeline.pipeline import EXAMPLE_GEN, RUN_REPORT
 from vae_pipeline.models import features
@@ -54,21 +54,9 @@ class ComponentRun:
 
 
 @dataclasses.dataclass
-class RunSummary:
-  run_id: str
-  components: List[ComponentRun]
-  metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # candidate, nats/image
-  baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
-  # Candidate metrics per label value (when the examples have labels): label -> name -> value.
-  label_metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
-  blessed: Optional[bool] = None
-  blessing_reasons: List[str] = dataclasses.field(default_factory=list)
-  inputs: Optional[int] = None  # items the source held
-  bad_inputs: Optional[int] = None  # of which skipped as unreadable (listed in bad_inputs_file)
-  bad_inputs_file: Optional[str] = None
-  label_names: Optional[List[str]] = None  # class sub-folders, in label id order
-  model_dir: Optional[str] = None  # the candidate SavedModel
-  pushed_dir: Optional[str] = None
+class RunSummary(record_lib.RunRecord):
+  """The run's record (what the report shows too) and how each component went."""
+  components: List[ComponentRun] = dataclasses.field(default_factory=list)
   report: Optional[str] = None  # the run report's index.html
   wall_seconds: Optional[float] = None
 
@@ -158,9 +146,7 @@ def format_runs(summaries: List[RunSummary], running: Optional[str] = None) -> s
   lines = [f"{'run':<28} {'span':>4} {'inputs':>7} {'loss':>8} {'neg_elbo':>9} "
            f"{'blessed':>7}  pushed to"]
   for summary in summaries:
-    example_gen = summary.component(EXAMPLE_GEN)
-    span = (example_gen.properties.get("examples", {}).get("span", "-")
-            if example_gen and example_gen.outputs.get("examples") else "-")
+    span = summary.span if summary.span is not None else "-"
     blessed = {True: "yes", False: "no", None: "-"}[summary.blessed]
     pushed = summary.pushed_dir or outcome(summary, running) or "-"
     metrics = summary.metrics
@@ -215,7 +201,7 @@ def component_runs(store, run_id) -> List[ComponentRun]:
       key = event.path.steps[0].key if event.path.steps else ""
       artifact = artifacts[event.artifact_id]
       outputs.setdefault(key, []).append(artifact.uri)
-      properties.setdefault(key, {name: _value(v) for name, v in
+      properties.setdefault(key, {name: record_lib.value(v) for name, v in
                                   list(artifact.properties.items())
                                   + list(artifact.custom_properties.items())})
     seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3
@@ -236,44 +222,27 @@ def component_runs(store, run_id) -> List[ComponentRun]:
   return result
 
 
-def _value(value: metadata_store_pb2.Value):
-  kind = value.WhichOneof("value")
-  return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
-
-
 def summarize(metadata_path, run_id=None) -> RunSummary:
   store = open_store(metadata_path)
   run_id = run_id or latest_run_id(store)
-  summary = RunSummary(run_id=run_id, components=component_runs(store, run_id))
-  example_gen = summary.component(EXAMPLE_GEN)
-  if example_gen and example_gen.outputs.get("examples"):
-    props = example_gen.properties["examples"]
-    summary.inputs = props.get(image_example_gen.INPUT_COUNT)
-    summary.bad_inputs = props.get(image_example_gen.BAD_INPUT_COUNT)
-    summary.bad_inputs_file = os.path.join(example_gen.outputs["examples"][0],
-                                           image_example_gen.BAD_INPUTS_FILE)
-    if image_example_gen.LABEL_NAMES in props:
-      summary.label_names = json.loads(props[image_example_gen.LABEL_NAMES])
-  trainer = summary.component("Trainer")
-  if trainer and trainer.outputs.get("model"):
-    summary.model_dir = os.path.join(trainer.outputs["model"][0], "Format-Serving")
-  evaluator = summary.component("Evaluator")
-  if evaluator and evaluator.state in ("COMPLETE", "CACHED"):
-    (summary.metrics, summary.baseline_metrics, summary.label_metrics, summary.blessed,
-     failures) = evaluation.read_evaluation(evaluator.outputs["evaluation"][0])
-    # Two thresholds may fail for one cause (a NaN loss fails the bound and the change): once.
-    summary.blessing_reasons = list(dict.fromkeys(
-        evaluation.explain_failure(f, summary.metrics, summary.baseline_metrics)
-        for f in failures))
-  report = summary.component(RUN_REPORT)
-  if report and report.state in ("COMPLETE", "CACHED"):
-    summary.report = os.path.join(report.outputs["report"][0], run_report.REPORT_FILE)
-  pusher = summary.component("Pusher")
-  if pusher and pusher.state in ("COMPLETE", "CACHED"):
-    pushed = pusher.properties.get("pushed_model", {})
-    if pushed.get("pushed") == 1:
-      summary.pushed_dir = pushed.get("pushed_destination")
-  return summary
+  components = component_runs(store, run_id)
+  by_name = {c.component: c for c in components}
+
+  def output(component, key, finished=False) -> Optional[record_lib.Output]:
+    """The component's first `key` artifact; with `finished`, only if the component finished."""
+    run = by_name.get(component)
+    if run is None or not run.outputs.get(key) or (
+        finished and run.state not in ("COMPLETE", "CACHED")):
+      return None
+    return record_lib.Output(run.outputs[key][0], run.properties[key])
+
+  record = record_lib.read(
+      run_id, examples=output(EXAMPLE_GEN, "examples"), model=output("Trainer", "model"),
+      evaluation=output("Evaluator", "evaluation", finished=True),
+      pushed_model=output("Pusher", "pushed_model", finished=True))
+  report = output(RUN_REPORT, "report", finished=True)
+  return RunSummary(**vars(record), components=components,
+                    report=os.path.join(report.uri, run_report.REPORT_FILE) if report else None)
 
 
 def format_summary(summary: RunSummary, loss_upper_bound, max_loss_increase) -> str:

@@ -1,5 +1,4 @@
 """Shared fixtures. Importing vae_pipeline first selects Keras 2 before TensorFlow loads."""
-import io
 
 import numpy as np
 import pytest

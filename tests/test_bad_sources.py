@@ -3,7 +3,6 @@ not UTF-8, unreadable folders, files that only look like raw pixels, cut-short T
 and sources that are unusable as a whole. Each ends named in an error, or skipped and recorded
 in bad_inputs.csv under --max-bad-fraction: never lost, never trained on."""
 import contextlib
-import csv
 import io
 import os
 import subprocess
@@ -16,7 +15,7 @@ from PIL import Image
 
 from tests import image_files as files
 from tests.test_ingest import _without_root_file_access, bad_inputs, run_example_gen, write
-from vae_pipeline import cli
+from vae_pipeline.cli import main as cli
 from vae_pipeline.components.image_example_gen import executor
 from vae_pipeline.data import images as image_lib
 from vae_pipeline.data import sources

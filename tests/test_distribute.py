@@ -151,14 +151,14 @@ def test_two_workers_apply_the_update_of_one_process_on_the_same_global_batch(sp
     name, scale = model.trainable_weights[i].name, np.abs(expected_update).max()
     # Rounding: of the float32 gradient (the same sums split over threads differently; in the
     # first layers BatchNorm's backward, a difference of near-equal terms, magnifies it: seen up
-    # to 0.7% of a layer's update overall, 2.3% in single elements), and of storing w + update
-    # (an ulp of w). A wrong share, a wrong scale or a missing all-reduce moves updates by
-    # 50-100% (tried).
+    # to 3.3% of the first convolution's update overall on a loaded machine, 2.3% in single
+    # elements), and of storing w + update (an ulp of w). A wrong share, a wrong scale or a
+    # missing all-reduce moves updates by 50-100% (tried).
     ulp = np.spacing(np.abs(start).max())
     np.testing.assert_allclose(update, expected_update, rtol=0, err_msg=name,
                                atol=0.05 * scale + 4 * ulp)
     assert (np.linalg.norm(update - expected_update)
-            <= 0.02 * np.linalg.norm(expected_update) + 4 * ulp * np.sqrt(update.size)), name
+            <= 0.05 * np.linalg.norm(expected_update) + 4 * ulp * np.sqrt(update.size)), name
   # Every worker logs the global batches' mean loss.
   logged = json.loads((tmp_path / "two-0.json").read_text())["loss"][-1]
   np.testing.assert_allclose(logged, np.mean(losses), rtol=1e-5)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests import image_files as files
-from vae_pipeline import cli as cli_lib
+from vae_pipeline.cli import main as cli_lib
 from vae_pipeline import local_runner
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.config import PipelineConfig
@@ -340,7 +340,7 @@ def test_a_diverged_model_with_a_nan_metric_is_not_blessed_under_a_loose_bound(p
 
 @pytest.fixture(scope="module")
 def model(stopped_runs):
-  from vae_pipeline import use  # pylint: disable=import-outside-toplevel
+  from vae_pipeline.client import use  # pylint: disable=import-outside-toplevel
   config, _ = stopped_runs
   return use.Model(summary_lib.summarize(config.metadata_path).pushed_dir)
 
@@ -349,7 +349,7 @@ def model(stopped_runs):
 def test_no_model_command_leaves_a_partial_output(model, pngs, tmp_path, monkeypatch):
   import builtins
   import io
-  from vae_pipeline import use  # pylint: disable=import-outside-toplevel
+  from vae_pipeline.client import use  # pylint: disable=import-outside-toplevel
 
   out = tmp_path / "out"
   out.mkdir()

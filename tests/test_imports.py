@@ -1,4 +1,4 @@
-"""The package's modules import each other without cycles.
+"""The package's modules import each other without cycles, and its folders import one way.
 
 Every module of vae_pipeline is parsed (not imported) and every import of another of its
 modules counts, wherever it stands: at the top, or inside a function (an import deferred into a
@@ -12,9 +12,20 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Folders that install as the package's modules (setup.py's package_dir).
-PACKAGE_DIRS = {"vae_pipeline": "pipeline", "vae_pipeline.models": "models",
-                "vae_pipeline.components": "components", "vae_pipeline.data": "data"}
+
+
+def setup_package_dirs():
+  """Folders that install as the package's modules: setup.py's PACKAGE_DIRS."""
+  with open(os.path.join(REPO, "setup.py")) as f:
+    return next(ast.literal_eval(node.value) for node in ast.parse(f.read()).body
+                if isinstance(node, ast.Assign) and node.targets[0].id == "PACKAGE_DIRS")
+
+
+PACKAGE_DIRS = setup_package_dirs()
+# Each folder's job, lowest first: a module imports its own folder's modules and lower folders'
+# only. pipeline/ holds the DAG, its configuration and the runners; cli/ is the command line
+# over all of them. (The package's own __init__, which every import runs, stands outside.)
+FOLDER_ORDER = ("models", "data", "client", "components", "pipeline", "cli")
 
 
 def package_modules():
@@ -122,3 +133,34 @@ def test_a_function_level_import_back_is_a_cycle(tmp_path):
   (tmp_path / "two.py").write_text("def later():\n  from pkg import one\n  return one\n")
   modules = {"pkg.one": str(tmp_path / "one.py"), "pkg.two": str(tmp_path / "two.py")}
   assert find_cycle(import_graph(modules)) == ["pkg.one", "pkg.two", "pkg.one"]
+
+
+def folder_of(module, modules):
+  """The top folder a module's file is in (pipeline/ for vae_pipeline's own modules)."""
+  return os.path.relpath(modules[module], REPO).split(os.sep)[0]
+
+
+def upward_imports(graph, modules):
+  """(importer, imported) pairs where a folder imports a higher one (FOLDER_ORDER)."""
+  rank = {folder: i for i, folder in enumerate(FOLDER_ORDER)}
+  return sorted((module, target) for module, targets in graph.items() for target in targets
+                if target != "vae_pipeline" and module != "vae_pipeline"
+                and rank[folder_of(target, modules)] > rank[folder_of(module, modules)])
+
+
+def test_every_package_folder_has_a_place_in_the_order():
+  assert sorted(PACKAGE_DIRS.values()) == sorted(FOLDER_ORDER)
+
+
+def test_folders_import_one_way():
+  modules = package_modules()
+  graph = import_graph(modules)
+  assert {"vae_pipeline.cli.main", "vae_pipeline.client.use"} <= set(modules)
+  assert upward_imports(graph, modules) == []
+
+
+def test_an_import_from_a_higher_folder_is_found():
+  modules = package_modules()
+  graph = import_graph(modules)
+  graph["vae_pipeline.models.vae"] = graph["vae_pipeline.models.vae"] | {"vae_pipeline.config"}
+  assert upward_imports(graph, modules) == [("vae_pipeline.models.vae", "vae_pipeline.config")]

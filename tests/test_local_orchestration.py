@@ -1,6 +1,5 @@
 """Running locally beyond the basics: one run per ML Metadata store (the lock), Beam presets
 (DirectRunner multi-processing end to end), and the tf.distribute strategy the Trainer picks."""
-import dataclasses
 import json
 import os
 import subprocess
@@ -64,28 +63,6 @@ def test_the_lock_waits_for_the_holder_and_is_never_left_stale(tmp_path):
     pass
 
 
-def test_run_overrides_every_setting_of_a_local_run(tmp_path):
-  """Each PipelineConfig field has a `run` option, except those a local run sets otherwise."""
-  from vae_pipeline import cli  # pylint: disable=import-outside-toplevel
-  set_otherwise = {
-      "source": "read from --data", "enable_cache": "--no-cache",
-      "mixed_precision": "--float32", "beam_args": "--beam-preset and --beam-arg",
-      # Kubeflow's (`compile` and `cluster` take them)
-      "builtin_resolvers_only": "", "pipeline_root_uri": "", "serving_uri": ""}
-  args = cli.parse(["run", "--output-dir", str(tmp_path), "--clip-norm", "0.5",
-                    "--train-buckets", "9", "--eval-buckets", "2", "--float32", "--no-cache",
-                    "--epochs", "3", "--image-shape", "28x28x1"])
-  config = cli.run_config(args)
-  assert (config.clip_norm, config.train_buckets, config.eval_buckets) == (0.5, 9, 2)
-  assert (config.mixed_precision, config.enable_cache, config.epochs) == (False, False, 3)
-  settings = cli.settings_options()
-  options = {action.dest for action in settings._actions}  # pylint: disable=protected-access
-  options |= {"output_dir", "data", "schema"}  # run's own options
-  fields = {field.name for field in dataclasses.fields(PipelineConfig)}
-  missing = fields - options - set(set_otherwise)
-  assert not missing, f"no `run` option for {sorted(missing)}"
-  with pytest.raises(ValueError, match="eval_buckets must be at least 1"):
-    PipelineConfig(eval_buckets=0)
 
 
 def test_beam_presets_merge_and_name_what_they_need():

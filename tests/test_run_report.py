@@ -18,8 +18,11 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 from tfx.types import Channel, artifact_utils
 
+from tests.test_imports import setup_package_dirs
+from vae_pipeline import config as config_lib
 from vae_pipeline import summary as summary_lib
 from vae_pipeline.components.run_report import executor, page
+from vae_pipeline.components.run_report import record as record_lib
 from vae_pipeline.components.run_report.component import RunReport
 from vae_pipeline.components.run_report.spec import MODEL_CARD_FILE
 from vae_pipeline.models import features
@@ -197,11 +200,27 @@ def test_model_card_shows_the_anomaly_threshold_when_recorded():
   assert "| false-positive rate | not recorded |" in partly
 
 
+def settings_table(text):
+  """The page's settings table (its header row first), or None."""
+  return next((table for table in Parsed(text).tables
+               if table[0] == ["setting", "flag", "value", "what it does"]), None)
+
+
+def test_settings_table_shows_each_setting_escaped():
+  rows = [["epochs", "--epochs", "3", "training epochs"],
+          ["image_feature", "--image-feature", HOSTILE_LABEL, "a <b>feature</b>"]]
+  text = page.render(made_up_facts(settings=rows))
+  assert settings_table(text) == [["setting", "flag", "value", "what it does"]] + rows
+  assert "<script>" not in text and 'href="#settings"' in text
+  assert settings_table(page.render(made_up_facts())) is None  # none recorded: no table
+
+
 def test_source_is_a_parameter_only_when_given():
   channels = {key: Channel(type=parameter.type)
               for key, parameter in RunReport.SPEC_CLASS.INPUTS.items()}
   rule = dict(loss_upper_bound=300.0, max_loss_increase=0.0)
   assert "source" not in RunReport(**channels, **rule).exec_properties  # compiled as before
+  assert "settings" not in RunReport(**channels, **rule).exec_properties
   assert RunReport(**channels, **rule, source="images: /data/pets").exec_properties[
       "source"] == "images: /data/pets"
 
@@ -215,7 +234,7 @@ def test_templates_are_found_in_the_source_tree_and_installed_as_package_data(tm
   # A wheel of this tree (setup.py maps pipeline/ to vae_pipeline), installed elsewhere.
   source = tmp_path / "source"
   ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-  for part in ("pipeline", "models", "components", "data"):
+  for part in setup_package_dirs().values():
     shutil.copytree(os.path.join(root, part), source / part, ignore=ignore)
   shutil.copy(os.path.join(root, "setup.py"), source)
   built = subprocess.run(
@@ -297,6 +316,8 @@ def test_the_run_wrote_a_report_with_every_figure(rgb_run):
   assert f"| `loss` | {summary.metrics[features.LOSS]:,.2f} | - |" in card
   assert "## Anomaly threshold" in card and "## Known limits" in card
   assert Parsed(card_of_page(text)).tables == Parsed(markdown_as_html(card)).tables
+  # The settings table: every setting of the run, as config.settings_rows derives them.
+  assert settings_table(text)[1:] == config_lib.settings_rows(config.resolved())
 
 
 @pytest.mark.e2e
@@ -304,6 +325,17 @@ def test_executor_on_the_runs_artifacts(rgb_run, tmp_path):
   """The executor alone, on the real artifacts the run recorded: the same page, any folder."""
   config, summary = rgb_run
   artifacts = run_artifacts(config.metadata_path, summary.run_id)
+  # One record of the run: the report reads from its input artifacts what the printed summary
+  # reads through ML Metadata, with the same reader.
+  facts = executor.gather(
+      artifacts[("ExampleGen", "examples")], artifacts[("StatisticsGen", "statistics")],
+      artifacts[("Trainer", "model")], artifacts[("Trainer", "model_run")],
+      artifacts[("Evaluator", "evaluation")], artifacts[("Pusher", "pushed_model")],
+      config.loss_upper_bound, config.max_loss_increase, summary.run_id)
+  shared = [field.name for field in dataclasses.fields(record_lib.RunRecord)]
+  assert {name: getattr(facts, name) for name in shared} == {
+      name: getattr(summary, name) for name in shared}
+  assert facts.pushed_dir == summary.pushed_dir and facts.blessed and facts.inputs == 240
   # A copy of the pushed model, so that the run's own card stays as the run wrote it.
   pushed = tmp_path / "serving" / os.path.basename(summary.pushed_dir)
   shutil.copytree(summary.pushed_dir, pushed, ignore=shutil.ignore_patterns(MODEL_CARD_FILE))
@@ -315,7 +347,6 @@ def test_executor_on_the_runs_artifacts(rgb_run, tmp_path):
       statistics=artifacts[("StatisticsGen", "statistics")],
       model=artifacts[("Trainer", "model")], model_run=artifacts[("Trainer", "model_run")],
       evaluation=artifacts[("Evaluator", "evaluation")],
-      blessing=artifacts[("Evaluator", "blessing")],
       pushed_model=artifacts[("Pusher", "pushed_model")],
       loss_upper_bound=config.loss_upper_bound, max_loss_increase=config.max_loss_increase,
       run_id="again", source=HOSTILE_SOURCE)

@@ -10,7 +10,6 @@ symbolic links to folders, as the executor's reading does. The fingerprint has T
 meaning: a changed, added or removed entry changes it, so caching works as before. URIs
 (gs://, s3://: no such entries) and patterns this pipeline does not write keep TFX's own code.
 """
-import os
 
 from tfx.components.example_gen import driver
 from tfx.components.example_gen import input_processor

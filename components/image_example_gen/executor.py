@@ -33,15 +33,15 @@ class BadInputsError(RuntimeError):
 
 
 def settings_of(exec_properties):
+  """The settings PipelineConfig hands ExampleGen (its example_gen_config): all of them."""
   config = exec_properties.get("custom_config") or {}
   if isinstance(config, str):
     config = json.loads(config)
   return {
       "image_shape": tuple(config["image_shape"]),
-      "size_policy": config.get("size_policy", images.DEFAULT_SIZE_POLICY),
-      "max_bad_fraction": float(config.get("max_bad_fraction", 0.0)),
-      "max_pixels": int(config.get("max_pixels", images.MAX_PIXELS)),
-      "image_feature": config.get("image_feature", "image"),
+      "size_policy": config["size_policy"],
+      "max_bad_fraction": float(config["max_bad_fraction"]),
+      "image_feature": config["image_feature"],
   }
 
 
@@ -55,7 +55,7 @@ class _ToExamples(beam.DoFn):
     s = self._settings
     for item, payload, label in sources.read(unit, s["image_feature"]):
       try:
-        pixels = images.normalize(payload, s["image_shape"], s["size_policy"], s["max_pixels"])
+        pixels = images.normalize(payload, s["image_shape"], s["size_policy"])
       except images.BadInput as error:
         yield beam.pvalue.TaggedOutput("bad", (item, str(error)))
         continue

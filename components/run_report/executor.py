@@ -1,5 +1,5 @@
 """Gathers what a run produced (data, training, evaluation, blessing, push) and writes the report:
-`index.html` (page.py) and its figures (vae_pipeline.pictures), in the output artifact's folder,
+`index.html` (page.py) and its figures (client/pictures.py), in the output artifact's folder,
 and the model card `model_card.md` beside it and, when the model was pushed, in the pushed model's
 folder (so that it travels with the model)."""
 import dataclasses
@@ -9,20 +9,18 @@ import os
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from vae_pipeline import pictures
-from vae_pipeline import use
-from vae_pipeline.components.image_example_gen import executor as image_example_gen
+from vae_pipeline.client import pictures
+from vae_pipeline.client import use
 from vae_pipeline.components.run_report import page
+from vae_pipeline.components.run_report import record as record_lib
 from vae_pipeline.components.run_report.spec import MODEL_CARD_FILE, REPORT_FILE
 from vae_pipeline.models import anomaly
-from vae_pipeline.models import evaluation as evaluation_lib
 from vae_pipeline.models import features
 
 LATENT_POINTS = 2000  # eval images encoded for the latent plot
@@ -38,28 +36,16 @@ class SplitStatistics:
 
 
 @dataclasses.dataclass
-class Facts:
-  """Everything the page states, in numbers and words (figures are files beside it)."""
-  run_id: str
-  written: str  # local time the report was written
-  image_shape: tuple
-  latent_dim: int
-  inputs: Optional[int]
-  bad_inputs: Optional[int]
-  bad_inputs_file: Optional[str]
-  span: Optional[int]
-  label_names: Optional[List[str]]
-  splits: List[SplitStatistics]
-  history: dict
-  metrics: Dict[str, float]
-  baseline_metrics: Dict[str, float]
-  label_metrics: Dict[str, Dict[str, float]]
-  blessed: bool
-  blessing_reasons: List[str]
-  loss_upper_bound: float
-  max_loss_increase: float
-  pushed_dir: Optional[str]
-  model_dir: str
+class Facts(record_lib.RunRecord):
+  """Everything the page states, in numbers and words (figures are files beside it): the run's
+  record (what the printed summary shows too) and what only the report shows."""
+  written: str = ""  # local time the report was written
+  image_shape: tuple = ()
+  latent_dim: int = 0
+  splits: List[SplitStatistics] = dataclasses.field(default_factory=list)
+  history: dict = dataclasses.field(default_factory=dict)
+  loss_upper_bound: float = float("nan")
+  max_loss_increase: float = 0.0
   figures: Dict[str, str] = dataclasses.field(default_factory=dict)  # name -> file in the folder
   source: Optional[str] = None  # where the images came from, in words (the `source` parameter)
   # The anomaly threshold on the `score` signature's anomaly score, the quantile of the eval
@@ -67,6 +53,8 @@ class Facts:
   anomaly_quantile: Optional[float] = None
   anomaly_threshold: Optional[float] = None
   false_positive_rate: Optional[float] = None
+  # The run's settings, [name, flag, value, what it does] (the `settings` parameter).
+  settings: List[List[str]] = dataclasses.field(default_factory=list)
 
 
 def _run_of(report_uri):
@@ -84,22 +72,25 @@ class Executor(base_executor.BaseExecutor):
     pushed = input_dict.get("pushed_model") or []
     run_id = (self._context.pipeline_run_id if self._context else None) or _run_of(
         artifact_utils.get_single_instance(output_dict["report"]).uri)
+    # The blessing input orders the report after the decision; the record reads the decision
+    # from the evaluation (its validation result), as the printed summary does.
     write_report(
         artifact_utils.get_single_instance(output_dict["report"]).uri,
         examples=single("examples"), statistics=single("statistics"), model=single("model"),
         model_run=single("model_run"), evaluation=single("evaluation"),
-        blessing=single("blessing"), pushed_model=pushed[0] if pushed else None,
+        pushed_model=pushed[0] if pushed else None,
         loss_upper_bound=exec_properties["loss_upper_bound"],
         max_loss_increase=exec_properties["max_loss_increase"], run_id=run_id,
-        source=exec_properties.get("source"))
+        source=exec_properties.get("source"),
+        settings=json.loads(exec_properties.get("settings") or "[]"))
 
 
-def write_report(out_dir, examples, statistics, model, model_run, evaluation, blessing,
-                 pushed_model, loss_upper_bound, max_loss_increase, run_id, source=None) -> str:
+def write_report(out_dir, examples, statistics, model, model_run, evaluation, pushed_model,
+                 loss_upper_bound, max_loss_increase, run_id, source=None, settings=()) -> str:
   """Writes index.html, its PNGs and model_card.md into out_dir, and model_card.md into the
   pushed model's folder when the model was pushed; returns the page's path."""
-  facts = gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
-                 loss_upper_bound, max_loss_increase, run_id, source)
+  facts = gather(examples, statistics, model, model_run, evaluation, pushed_model,
+                 loss_upper_bound, max_loss_increase, run_id, source, settings)
   draw_figures(facts, examples.uri, out_dir)
   card = page.render_card(facts)
   write_atomically(os.path.join(out_dir, MODEL_CARD_FILE), card)
@@ -117,30 +108,23 @@ def write_atomically(path, text):
   tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
-def gather(examples, statistics, model, model_run, evaluation, blessing, pushed_model,
-           loss_upper_bound, max_loss_increase, run_id, source=None) -> Facts:
-  metrics, baseline, per_label, _, failures = evaluation_lib.read_evaluation(evaluation.uri)
+def gather(examples, statistics, model, model_run, evaluation, pushed_model, loss_upper_bound,
+           max_loss_increase, run_id, source=None, settings=()) -> Facts:
+  """The run's record (record.read) from the TFX artifacts, and what only the report shows."""
+  record = record_lib.read(
+      run_id, examples=record_lib.Output.of(examples), model=record_lib.Output.of(model),
+      evaluation=record_lib.Output.of(evaluation),
+      pushed_model=record_lib.Output.of(pushed_model) if pushed_model is not None else None)
   with tf.io.gfile.GFile(os.path.join(model_run.uri, features.HISTORY_FILE)) as f:
     history = json.load(f)
-  model_dir = os.path.join(model.uri, "Format-Serving")
-  labels = examples.get_custom_property(image_example_gen.LABEL_NAMES)
-  pushed = pushed_model is not None and pushed_model.get_int_custom_property("pushed") == 1
   return Facts(
-      run_id=run_id, written=time.strftime("%Y-%m-%d %H:%M %Z"),
+      **vars(record), written=time.strftime("%Y-%m-%d %H:%M %Z"),
       image_shape=tuple(history.get("config", {}).get("image_shape", ())),
       latent_dim=int(history.get("config", {}).get("latent_dim", 0)),
-      inputs=_int_property(examples, image_example_gen.INPUT_COUNT),
-      bad_inputs=_int_property(examples, image_example_gen.BAD_INPUT_COUNT),
-      bad_inputs_file=os.path.join(examples.uri, image_example_gen.BAD_INPUTS_FILE),
-      span=examples.span if examples.has_property("span") else None,
-      label_names=json.loads(labels) if labels else None,
-      splits=read_statistics(statistics),
-      history=history, metrics=metrics, baseline_metrics=baseline, label_metrics=per_label,
-      blessed=blessing.get_int_custom_property("blessed") == 1,
-      blessing_reasons=[evaluation_lib.explain_failure(f, metrics, baseline) for f in failures],
+      splits=read_statistics(statistics), history=history,
       loss_upper_bound=loss_upper_bound, max_loss_increase=max_loss_increase,
-      pushed_dir=pushed_model.get_string_custom_property("pushed_destination") if pushed else None,
-      model_dir=model_dir, source=source or None, **anomaly_facts(model_dir))
+      source=source or None, settings=[list(row) for row in settings],
+      **anomaly_facts(record.model_dir))
 
 
 def anomaly_facts(model_dir):
@@ -154,10 +138,6 @@ def anomaly_facts(model_dir):
   return dict(anomaly_quantile=calibration["anomaly_quantile"],
               anomaly_threshold=calibration["threshold"],
               false_positive_rate=calibration.get("held_out_false_positive_rate"))
-
-
-def _int_property(artifact, name):
-  return artifact.get_int_custom_property(name) if artifact.has_custom_property(name) else None
 
 
 def read_statistics(statistics) -> List[SplitStatistics]:

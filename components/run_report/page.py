@@ -42,9 +42,6 @@ METRIC_MEANINGS = {
     features.NEG_ELBO: "Monte-Carlo negative ELBO, 64 sampled z per image",
     features.NLL_IW: "importance-weighted bound on -log p(x), 64 samples (<= neg_elbo)",
 }
-# The settings the training table lists (history.json's `config`).
-SHOWN_SETTINGS = ("latent_dim", "hidden_units", "batch_size", "learning_rate", "beta",
-                  "mixed_precision", "seed", "clip_norm")
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -212,7 +209,7 @@ def training_rows(facts) -> List[tuple]:
        str(config.get("train_workers", history.get("train_processes", 1)))),
       ("final training loss", number((history.get("loss") or [None])[-1])),
       ("final validation loss", number((history.get("val_loss") or [None])[-1])),
-  ] + [(k.replace("_", " "), str(v)) for k, v in sorted(config.items()) if k in SHOWN_SETTINGS]
+  ]
 
 
 @dataclasses.dataclass

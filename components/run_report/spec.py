@@ -23,6 +23,9 @@ class RunReportSpec(ComponentSpec):
       "max_loss_increase": ExecutionParameter(type=float),
       # Where the images came from, in words, for the model card (e.g. `images: /data/pets`).
       "source": ExecutionParameter(type=str, optional=True),
+      # The run's settings as JSON rows [name, flag, value, what it does]
+      # (vae_pipeline.config.settings_rows), for the report's settings table.
+      "settings": ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       "examples": ChannelParameter(type=standard_artifacts.Examples),  # raw, with labels if any

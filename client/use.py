@@ -252,7 +252,7 @@ def latent_plot(model: Model, path, out, limit=2000, size_policy="reject"):
   """A scatter of the images' z means coloured by label (pictures.latent_figure); for a 2-D
   latent space also the decoded manifold (a grid of z over the prior's central 90%) next to
   `out`. Returns the files."""
-  from vae_pipeline import pictures  # pylint: disable=import-outside-toplevel  (matplotlib)
+  from vae_pipeline.client import pictures  # pylint: disable=import-outside-toplevel  (matplotlib)
 
   _, pixels, labels = read_labelled_images(path, model.image_shape, size_policy)
   keep = np.random.default_rng(0).permutation(len(pixels))[:limit]  # a sample, not the first
