@@ -61,9 +61,12 @@ def summary_file(config, run_id, name="summary.txt"):
 # Ctrl-C (SIGINT to the run's process group) and a killed run, then a run that completes.
 
 def start(data, output_dir, epochs):
+  # Ctrl-C's default action in the run, as in a terminal: a suite started in the background
+  # (`make test &`) ignores SIGINT, and its children would inherit that.
   return subprocess.Popen(
       [CLI, "run", "--data", data, "--output-dir", output_dir, "--epochs", str(epochs)] + SMALL,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stop_when_started(process, component, signal_number, after=0.0):
