@@ -5,8 +5,9 @@ Put a file in Airflow's dags folder that imports this one:
     from vae_pipeline.airflow_dag import DAG  # noqa: F401
 
 Settings come from the environment (read when Airflow parses the DAG):
-  VAE_PIPELINE_ARGS      setting flags of `vae-pipeline run`, e.g. "--data /data/digits --output-dir
-                         /srv/vae --span-window 2 --epochs 25" (default: run's defaults)
+  VAE_PIPELINE_ARGS      setting flags of `vae-pipeline run` (not --orchestrator or --wait),
+                         e.g. "--data /data/digits --output-dir /srv/vae --span-window 2
+                         --epochs 25" (default: run's defaults)
   VAE_PIPELINE_SCHEDULE  a cron expression (default "0 3 * * *": 03:00 every day), or "none":
                          runs only when triggered
   VAE_PIPELINE_TASK_TIMEOUT_MINUTES

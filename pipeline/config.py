@@ -372,21 +372,19 @@ def flag_of(field) -> str:
       "--" + field.name.replace("_", "-"))
 
 
-def add_flags(parser: argparse.ArgumentParser, commands=(SHARED,), names=None,
-              defaults: Optional[PipelineConfig] = None):
+def add_flags(parser: argparse.ArgumentParser, commands=(SHARED,), names=None):
   """Adds the flags of the settings the commands take (or only `names`) to `parser`: help and
   default from the field. A None or bool default is not shown (the help says what it means)."""
-  defaults = defaults or PipelineConfig()
   for field in settings(commands):
     if names is not None and field.name not in names:
       continue
     meta = field.metadata
-    # The declared default where there is one (`outputs`, not this machine's absolute path).
-    default = (field.default if field.default is not dataclasses.MISSING
-               else getattr(defaults, field.name))
     if isinstance(meta["flag"], tuple):
       meta["flag"][0](parser)
       continue
+    # As declared (`outputs`, not this machine's absolute path; PipelineConfig resolves it).
+    default = (field.default if field.default is not dataclasses.MISSING
+               else field.default_factory())
     common = dict(dest=field.name, help=meta["help"].replace("%", "%%"))
     if isinstance(default, bool):
       parser.add_argument(flag_of(field), action="store_false" if default else "store_true",

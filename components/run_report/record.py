@@ -9,11 +9,10 @@ import os
 from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
 from vae_pipeline.components.image_example_gen import executor as image_example_gen
 from vae_pipeline.models import evaluation as evaluation_lib
-
-SERVING_MODEL_DIR = "Format-Serving"  # the Trainer's SavedModel inside its model artifact
 
 
 @dataclasses.dataclass
@@ -72,7 +71,7 @@ def read(run_id, examples: Optional[Output] = None, model: Optional[Output] = No
     if props.get(image_example_gen.LABEL_NAMES):
       record.label_names = json.loads(props[image_example_gen.LABEL_NAMES])
   if model is not None:
-    record.model_dir = os.path.join(model.uri, SERVING_MODEL_DIR)
+    record.model_dir = path_utils.serving_model_dir(model.uri)  # the Trainer's SavedModel
   if evaluation is not None:
     (record.metrics, record.baseline_metrics, record.label_metrics, record.blessed,
      failures) = evaluation_lib.read_evaluation(evaluation.uri)
