@@ -26,7 +26,7 @@ def default_text(action) -> str:
       isinstance(action.default, bool)):
     return "-"
   if action.dest == "data":
-    return "the bundled digits"  # an absolute path on each machine
+    return "the bundled digits"  # its absolute path differs per install
   return f"`{action.default}`" if isinstance(action.default, str) else str(action.default)
 
 

@@ -66,6 +66,7 @@ def build_dag(run_args=None, schedule=None, task_timeout_minutes=None):
       config, metadata.sqlite_metadata_connection_config(config.metadata_path))
   return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config={
       "schedule": None if schedule.strip().lower() == NO_SCHEDULE else schedule,
+      # Airflow needs a fixed start in the past; with catchup off, only the next slot runs.
       "start_date": datetime.datetime(2026, 1, 1),
       "catchup": False,
       "max_active_runs": 1,

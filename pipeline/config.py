@@ -382,7 +382,8 @@ def add_flags(parser: argparse.ArgumentParser, commands=(SHARED,), names=None):
     if isinstance(meta["flag"], tuple):
       meta["flag"][0](parser)
       continue
-    # As declared (`outputs`, not this machine's absolute path; PipelineConfig resolves it).
+    # As declared (`outputs`, not an absolute path that differs per install; PipelineConfig
+    # resolves it).
     default = (field.default if field.default is not dataclasses.MISSING
                else field.default_factory())
     common = dict(dest=field.name, help=meta["help"].replace("%", "%%"))

@@ -6,7 +6,7 @@ Compiling needs no cluster and no cloud credentials: nothing under the cloud pat
 The compiled pipeline runs on Vertex AI. Open-source KFP 2.x cannot run it: its backend refuses
 the baseline resolver's tasks and never runs ExampleGen's driver (`open_source_kfp_problems`),
 so `submit_to_kfp` and `schedule_on_kfp` say so before contacting the cluster.
-tests/test_kubeflow_executed.py executes every task of the compiled files on this machine.
+tests/test_kubeflow_executed.py executes every task of the compiled files without a cluster.
 """
 import dataclasses
 import json
